@@ -1,0 +1,286 @@
+"""motiontransfer: zero-shot text-driven video motion transfer (CVPR 2024, space-time diffusion features).
+
+Subcommands: transfer, invert, analyze, score, bench, demo, env. Each calls one public function of the library.
+Errors a user can act on print one line on stderr and exit with status 2 (1 for out-of-memory); `--debug`
+shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import MotionTransferError
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    """Options of TransferConfig; every default is None so that only given flags override the config file."""
+    g = p.add_argument_group("model and input")
+    g.add_argument("--model", help="diffusers-format folder or hub id (default: the shipped shapes model)")
+    g.add_argument("--config", type=Path, help="YAML file setting any option; flags override it")
+    g.add_argument("--preset", choices=["default", "reference"], help="default (ours) or reference (the paper's code)")
+    g.add_argument("--frames", type=int, help="frames to use (default: the model's native count)")
+    g.add_argument("--stride", type=int, help="take every S-th frame (output fps = source fps / S)")
+    g.add_argument("--start", type=int, help="first frame, 0-based")
+    g.add_argument("--resize", choices=["crop", "stretch", "pad"], help="how to fit the model's aspect (crop)")
+    g.add_argument("--width", type=int, help="pixels (default: the model's)")
+    g.add_argument("--height", type=int, help="pixels (default: the model's)")
+    g.add_argument("--fps", type=float, help="frame rate of an image folder (default: 8)")
+    g = p.add_argument_group("method")
+    g.add_argument("--source-prompt", help="describes the source video (default: empty)")
+    g.add_argument("--negative-prompt", help="negative prompt for classifier-free guidance")
+    g.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (10)")
+    g.add_argument("--steps", type=int, help="DDIM sampling steps (50)")
+    g.add_argument("--inversion-steps", type=int, help="DDIM inversion steps (default: = --steps; reference 999)")
+    g.add_argument("--restart", action=argparse.BooleanOptionalAction, default=None,
+                   help="re-noise and denoise again after each step (reference; off)")
+    g.add_argument("--guidance-window", type=float, nargs=2, metavar=("START", "END"),
+                   help="guided part of the schedule, as fractions (0 0.4)")
+    g.add_argument("--iterations", type=int, help="Adam steps per guided timestep (10)")
+    g.add_argument("--learning-rate", type=float, nargs=2, metavar=("FIRST", "LAST"), help="(0.007 0.004)")
+    g.add_argument("--layers", nargs="+", help="UNet module names to hook")
+    g.add_argument("--layer-weights", type=float, nargs="+", help="one weight per layer")
+    g.add_argument("--loss", choices=["pairwise_cosine", "pairwise_l2", "smm", "features"])
+    g.add_argument("--init", choices=["lf", "random", "inverted"], help="initial latent (lf, Eq. 4)")
+    g.add_argument("--lf-factor", type=int, help="down-sampling factor of the LF filter (4)")
+    g.add_argument("--seed", type=int, help="random seed (default: drawn and recorded in run.json)")
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
+    g.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"])
+    g.add_argument("--allow-unsafe-weights", action="store_true", default=None,
+                   help="allow pickled .bin weights (they can run code)")
+    g.add_argument("--cache-dir", help="inversion cache (default: ~/.cache/motiontransfer/inversions)")
+    g.add_argument("--no-cache", dest="use_cache", action="store_false", default=None, help="don't use the cache")
+    g.add_argument("--vae-slicing", action="store_true", default=None, help="VAE one frame at a time")
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output-dir", type=Path, help="where to write (default: outputs/<video>-<prompt>)")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace an earlier result there")
+
+
+METHOD_KEYS = ("model", "frames", "stride", "start", "resize", "width", "height", "source_prompt", "negative_prompt",
+               "guidance_scale", "steps", "inversion_steps", "restart", "guidance_window", "iterations",
+               "learning_rate", "layers", "layer_weights", "loss", "init", "lf_factor", "seed", "device", "dtype",
+               "allow_unsafe_weights", "cache_dir", "use_cache", "vae_slicing")
+
+
+def _method_options(args) -> dict:
+    out = {k: getattr(args, k) for k in METHOD_KEYS if getattr(args, k, None) is not None}
+    for k in ("guidance_window", "learning_rate", "layers", "layer_weights"):
+        if k in out:
+            out[k] = tuple(out[k])
+    return out
+
+
+def _run_options(args) -> dict:
+    out = {"quiet": args.quiet, "preset": args.preset, "config": args.config, "fps": args.fps}
+    if getattr(args, "output_dir", None) is not None:
+        out["output_dir"] = args.output_dir
+    if getattr(args, "overwrite", None):
+        out["overwrite"] = True
+    return out
+
+
+def cmd_transfer(args) -> int:
+    from .pipeline import transfer
+
+    results = transfer(args.video, args.prompt if len(args.prompt) > 1 else args.prompt[0],
+                       **_run_options(args), **_method_options(args))
+    for r in results if isinstance(results, list) else [results]:
+        print(f"{r.output_dir}/result.mp4  (seed {r.seed}, {sum(r.timings.values()):.1f} s)")
+    return 0
+
+
+def cmd_invert(args) -> int:
+    from .pipeline import invert
+
+    opts = _run_options(args)
+    info = invert(args.video, quiet=opts["quiet"], preset=opts["preset"], config=opts["config"], fps=opts["fps"],
+                  **_method_options(args))
+    print(("cache hit: " if info["cached"] else "inverted: ") + info["cache"])
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from .pipeline import analyze
+
+    results = analyze(args.video, target=args.target, seeds=args.seeds, **_run_options(args),
+                      **_method_options(args))
+    for r in results:
+        print(f"{r.output_dir}/result.mp4  (seed {r.seed})")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from .metrics import score_videos
+    from .video import atomic_write_text, read_video
+
+    box = tuple(float(v) for v in args.box.split(",")) if args.box else None
+    if box is not None and len(box) != 4:
+        raise MotionTransferError("--box takes x0,y0,x1,y1 in pixels of the original video")
+    mask = None
+    if args.mask:
+        import cv2
+        image = cv2.imread(str(args.mask), cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            raise MotionTransferError(f"cannot read the mask image {args.mask}")
+        mask = image > 127
+    original = read_video(args.original).frames
+    edited = read_video(args.edited).frames
+    if mask is not None and mask.shape != original.shape[1:3]:
+        import cv2
+        mask = cv2.resize(mask.astype("uint8"), original.shape[1:3][::-1], interpolation=cv2.INTER_NEAREST) > 0
+    result = score_videos(original, edited, tracker=args.tracker, grid=args.grid, mask=mask, box=box,
+                          cotracker_checkpoint=args.cotracker_checkpoint)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.output:
+        atomic_write_text(args.output, text + "\n")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench
+
+    bench(args)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import demo
+
+    out = demo(video=args.video, prompt=args.prompt, output_dir=args.output_dir, overwrite=bool(args.overwrite),
+               seed=args.seed, quiet=args.quiet)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_env(args) -> int:
+    import os
+
+    import torch
+
+    from .models import pick_device, shipped_model_path
+    from .pipeline import versions
+
+    info = versions() | {"device": str(pick_device("auto")), "cuda": torch.cuda.is_available(),
+                         "torch_threads": torch.get_num_threads(),
+                         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+                         "shipped_model": str(shipped_model_path()),
+                         "shipped_model_present": shipped_model_path().exists()}
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="motiontransfer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("transfer", parents=[common], help="re-render a video's motion as a prompt describes")
+    p.add_argument("video", help="video file (.mp4 .mov .avi .webm .gif) or a folder of numbered images")
+    p.add_argument("--prompt", action="append", required=True, help="target prompt; repeat for several")
+    _add_method_options(p)
+    _add_output_options(p)
+    p.set_defaults(func=cmd_transfer)
+
+    p = sub.add_parser("invert", parents=[common], help="DDIM-invert a video into the cache only")
+    p.add_argument("video")
+    _add_method_options(p)
+    p.set_defaults(func=cmd_invert)
+
+    p = sub.add_parser("analyze", parents=[common], help="feature inversion (paper Eq. 1), one video per seed")
+    p.add_argument("video")
+    p.add_argument("--target", choices=["features", "smm"], default="smm", help="what to match (smm)")
+    p.add_argument("--seeds", type=int, default=3, help="how many seeds, 0..N-1 (3)")
+    _add_method_options(p)
+    _add_output_options(p)
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("score", parents=[common], help="motion fidelity of an edited video against its source")
+    p.add_argument("original", type=Path)
+    p.add_argument("edited", type=Path)
+    p.add_argument("--mask", type=Path, help="first-frame mask image of the original (white = object)")
+    p.add_argument("--box", help="first-frame box x0,y0,x1,y1 in the original's pixels")
+    p.add_argument("--tracker", choices=["lk", "cotracker"], default="lk")
+    p.add_argument("--grid", type=int, default=55, help="query grid side (55, as the reference)")
+    p.add_argument("--cotracker-checkpoint", type=Path)
+    p.add_argument("--output", type=Path, help="also write the JSON here")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("bench", parents=[common], help="run a suite of cases through several methods")
+    p.add_argument("--suite", default="shapes", help="shapes (shipped) or a suite YAML file")
+    p.add_argument("--limit", type=int, help="first N cases only")
+    p.add_argument("--methods", nargs="+", help="methods to run (default: all)")
+    p.add_argument("--perf", action="store_true", help="speed benchmark: reference preset against ours")
+    p.add_argument("--output-dir", type=Path, required=True)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("demo", parents=[common], help="a transfer with the shipped model on a synthetic video")
+    p.add_argument("--video", help="use this video instead of a synthetic one")
+    p.add_argument("--prompt", default=None, help="target prompt (default: one that differs from the source)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output-dir", type=Path, default=Path("outputs/demo"))
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("env", parents=[common], help="versions, device and threads")
+    p.set_defaults(func=cmd_env)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s")
+    for noisy in ("diffusers", "transformers", "huggingface_hub", "PIL", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.debug else logging.ERROR)
+    if not args.debug:
+        _quiet_libraries()
+    try:
+        return args.func(args)
+    except MotionTransferError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if not _is_oom(e) or args.debug:
+            raise
+        print("error: out of memory; try fewer --frames, --dtype fp16 or bf16, a lower --width/--height, or "
+              "--vae-slicing", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; nothing was left that looks like a finished result", file=sys.stderr)
+        return 130
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or "out of memory" in str(e).lower()
+
+
+def _quiet_libraries() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="diffusers")
+    try:
+        from diffusers.utils import logging as dlog
+        dlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+        from transformers.utils import logging as tlog
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Configuration: one frozen dataclass, two presets, YAML files and flags, validated in one place.
+
+Resolution order, later wins: the dataclass defaults (ours), then a preset, then a YAML `--config` file, then
+command-line flags or API keyword arguments. Fields left at `None` are filled from the model at run time
+(`models.ModelDefaults`): its frame count, resolution and recommended negative prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+REFERENCE_NEGATIVE_PROMPT = "bad quality, distortions, unrealistic, distorted image, watermark, signature"
+
+# The reference's three layers, all in `up_blocks.1` (a CrossAttnUpBlock3D): the residual branch of
+# `resnets.1` before its skip-add (its `conv2` output), the temporal convolution after it, and the upsampler.
+DEFAULT_LAYERS = ("up_blocks.1.resnets.1.conv2", "up_blocks.1.temp_convs.1", "up_blocks.1.upsamplers.0")
+
+LOSSES = ("pairwise_cosine", "pairwise_l2", "smm", "features")
+INITS = ("lf", "random", "inverted")
+RESIZE_POLICIES = ("crop", "stretch", "pad")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Every option of a transfer. Units in comments; `None` means "from the model"."""
+
+    model: str | None = None                      # local folder or hub id; None: the shipped shapes model
+    # input video
+    frames: int | None = None                     # frames to use; None: the model's native count
+    stride: int = 1                               # take every stride-th frame; output fps = source fps / stride
+    start: int = 0                                # first frame (0-based, before striding)
+    resize: str = "crop"                          # crop | stretch | pad
+    width: int | None = None                      # pixels; None: the model's
+    height: int | None = None
+    # prompts
+    source_prompt: str = ""                       # describes the source video; used for inversion and its features
+    negative_prompt: str | None = None            # None: the model's recommendation, else the reference's
+    guidance_scale: float = 10.0                  # classifier-free guidance scale
+    # schedule
+    steps: int = 50                               # DDIM sampling steps
+    inversion_steps: int | None = None            # None: = steps, so inverted latents sit on the sampling timesteps
+    restart: bool = False                         # reference extra: re-noise to t after each step, denoise again
+    # guidance (paper Sec. 4: optimise the latent at each guided step)
+    guidance_window: tuple[float, float] = (0.0, 0.4)   # fractions of the sampling steps that are guided
+    iterations: int = 10                          # Adam steps per guided timestep
+    learning_rate: tuple[float, float] = (0.007, 0.004)  # linear over the guided steps, first to last
+    layers: tuple[str, ...] = DEFAULT_LAYERS      # module names in the UNet (named_modules)
+    layer_weights: tuple[float, ...] | None = None  # one per layer; None: all 1
+    loss: str = "pairwise_cosine"                 # pairwise_cosine (reference) | pairwise_l2 (paper) | smm | features
+    # initialisation (paper Eq. 4)
+    init: str = "lf"                              # lf | random | inverted
+    lf_factor: int = 4                            # spatial down-sampling factor of the low-pass filter
+    # runtime
+    seed: int | None = None                       # None: drawn at run time, then recorded
+    device: str = "auto"                          # auto (cuda, mps, cpu) | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"                           # auto (fp16 on cuda, fp32 elsewhere) | fp32 | fp16 | bf16
+    allow_unsafe_weights: bool = False            # permit pickled .bin weights
+    cache_dir: str | None = None                  # inversion cache; None: ~/.cache/motiontransfer
+    use_cache: bool = True
+    vae_slicing: bool = False                     # decode/encode one frame at a time
+    checkpointing: bool = False                   # activation checkpointing of UNet blocks during guidance
+    cpu_offload: bool = False                     # keep components on the CPU except while they run
+
+    def __post_init__(self):
+        validate(self)
+
+    def replace(self, **changes) -> "TransferConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def validate(c: TransferConfig) -> None:
+    def need(ok: bool, message: str):
+        if not ok:
+            raise ConfigError(message)
+
+    need(c.frames is None or c.frames >= 2, f"--frames must be at least 2, got {c.frames}")
+    need(c.stride >= 1, f"--stride must be at least 1, got {c.stride}")
+    need(c.start >= 0, f"--start must be 0 or more, got {c.start}")
+    need(c.resize in RESIZE_POLICIES, f"--resize must be one of {', '.join(RESIZE_POLICIES)}, got {c.resize!r}")
+    for name in ("width", "height"):
+        v = getattr(c, name)
+        need(v is None or (v >= 8 and v % 8 == 0), f"--{name} must be a multiple of 8, got {v}")
+    need(c.steps >= 1, f"--steps must be at least 1, got {c.steps}")
+    need(c.inversion_steps is None or c.inversion_steps >= c.steps,
+         f"--inversion-steps ({c.inversion_steps}) must be at least --steps ({c.steps})")
+    need(c.inversion_steps is None or c.inversion_steps <= 999, "--inversion-steps must be at most 999")
+    lo, hi = c.guidance_window
+    need(0.0 <= lo <= hi <= 1.0, f"guidance window must satisfy 0 <= start <= end <= 1, got {c.guidance_window}")
+    need(c.iterations >= 0, f"--iterations must be 0 or more, got {c.iterations}")
+    need(len(c.learning_rate) == 2 and all(lr > 0 for lr in c.learning_rate),
+         f"learning_rate must be two positive numbers (first, last), got {c.learning_rate}")
+    need(len(c.layers) >= 1, "at least one layer is needed for guidance")
+    need(c.layer_weights is None or len(c.layer_weights) == len(c.layers),
+         f"layer_weights has {0 if c.layer_weights is None else len(c.layer_weights)} entries for "
+         f"{len(c.layers)} layers")
+    need(c.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {c.loss!r}")
+    need(c.init in INITS, f"--init must be one of {', '.join(INITS)}, got {c.init!r}")
+    need(c.lf_factor >= 1, f"lf_factor must be at least 1, got {c.lf_factor}")
+    need(c.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}")
+    need(c.guidance_scale >= 0, f"--guidance-scale must be 0 or more, got {c.guidance_scale}")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Ours: inversion on the sampling schedule itself (50 UNet passes instead of 999), no restart.
+    "default": {},
+    # The public reference recipe, exactly: 999-step inversion, restart after every step.
+    "reference": {"inversion_steps": 999, "restart": True, "steps": 50, "guidance_window": (0.0, 0.4),
+                  "iterations": 10, "learning_rate": (0.007, 0.004), "layers": DEFAULT_LAYERS,
+                  "loss": "pairwise_cosine", "init": "lf", "lf_factor": 4, "guidance_scale": 10.0},
+}
+
+_TUPLE_FIELDS = {"guidance_window", "learning_rate", "layers", "layer_weights"}
+RUN_KEYS = {"output_dir", "overwrite"}   # run options a YAML file may also set
+
+
+def _coerce(name: str, value):
+    if name in _TUPLE_FIELDS and value is not None:
+        if isinstance(value, str):
+            value = [value]
+        return tuple(value)
+    return value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of option: value")
+    known = {f.name for f in fields(TransferConfig)} | RUN_KEYS | {"preset"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {path}: {', '.join(unknown)}")
+    return data
+
+
+def resolve(preset: str | None = None, config_file: str | Path | None = None,
+            overrides: dict[str, Any] | None = None) -> tuple[TransferConfig, dict[str, Any]]:
+    """Builds the config: defaults < preset < YAML file < overrides (None values in overrides are ignored).
+
+    Returns the config and the run options (`output_dir`, `overwrite`) that the file or overrides set.
+    """
+    file_values = read_yaml(config_file) if config_file else {}
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    preset = overrides.pop("preset", None) or preset or file_values.pop("preset", None) or "default"
+    file_values.pop("preset", None)
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    merged: dict[str, Any] = dict(PRESETS[preset])
+    merged.update(file_values)
+    merged.update(overrides)
+    known = {f.name for f in fields(TransferConfig)}
+    unknown = sorted(set(merged) - known - RUN_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
+    run = {k: merged.pop(k) for k in list(merged) if k in RUN_KEYS}
+    try:
+        config = TransferConfig(**{k: _coerce(k, v) for k, v in merged.items()})
+    except TypeError as e:
+        raise ConfigError(f"invalid option: {e}") from None
+    return config, run
+
+
+__all__ = ["TransferConfig", "PRESETS", "DEFAULT_LAYERS", "REFERENCE_NEGATIVE_PROMPT", "resolve", "read_yaml"]

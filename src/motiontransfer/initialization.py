@@ -1,0 +1,46 @@
+"""Initial latents for guided sampling (paper Sec. 4, "Initialization", Eq. 4).
+
+    x~_T = LF(x_T) + (eps_0 - LF(eps_0)),   eps_0 ~ N(0, I)
+
+LF is a per-frame spatial low-pass: bilinear down-sampling by `factor` (with antialiasing) and bilinear
+up-sampling back (align_corners, as the reference). x~_T keeps the coarse layout of the inverted noise x_T and
+takes its high frequencies from fresh noise. Latents are (B, C, F, h, w).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def low_pass(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """LF: (B, C, F, h, w) -> same shape, each frame down by `factor` and back up."""
+    if factor <= 1:
+        return x
+    b, c, f, h, w = x.shape
+    frames = x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+    small = F.interpolate(frames, size=(max(1, h // factor), max(1, w // factor)), mode="bilinear",
+                          align_corners=True, antialias=True)
+    back = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=True)
+    return back.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
+
+
+def lf_init(x_T: torch.Tensor, noise: torch.Tensor, factor: int = 4) -> torch.Tensor:
+    """Eq. 4: the inverted latent's low frequencies plus the noise's high frequencies."""
+    return low_pass(x_T, factor) + (noise - low_pass(noise, factor))
+
+
+def initial_latent(kind: str, x_T: torch.Tensor | None, shape: tuple[int, ...], generator: torch.Generator,
+                   factor: int = 4) -> torch.Tensor:
+    """`lf` (Eq. 4), `random` (eps_0) or `inverted` (x_T unfiltered). Noise is drawn from `generator` on CPU."""
+    noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+    if kind == "random":
+        return noise
+    if x_T is None:
+        raise ValueError(f"init {kind!r} needs the inverted latent")
+    x_T = x_T.float().cpu()
+    if kind == "inverted":
+        return x_T.clone()
+    if kind == "lf":
+        return lf_init(x_T, noise, factor)
+    raise ValueError(f"unknown init {kind!r}")

@@ -1,0 +1,368 @@
+"""Orchestration: video in, edited video out. One public function per subcommand.
+
+    transfer(video, prompt)   invert -> initial latent (Eq. 4) -> guided sampling (Eq. 5) -> decode -> outputs
+    invert(video)             fills the inversion cache only
+    analyze(video)            feature inversion (Eq. 1): source prompt, random init, several seeds
+
+Phases are timed and UNet passes counted; both go to `run.json` with the resolved config, the seed, the
+library versions, the model identity and the guidance losses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import re
+import secrets
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import REFERENCE_NEGATIVE_PROMPT, TransferConfig, resolve
+from .errors import ConfigError, OutputError
+from .features import FeatureHooks
+from .initialization import initial_latent
+from .inversion import InversionCache, ddim_invert, sampling_timesteps
+from .losses import motion_loss, reduce_source
+from .models import TextToVideo, load_model
+from .sampling import SampleHistory, guidance_timesteps, guided_sample
+from .video import (Video, atomic_write_text, check_writable_dir, frames_digest, read_video, resize_frames,
+                    side_by_side, write_frames, write_video)
+
+logger = logging.getLogger(__name__)
+
+PREVIEW_MIN_SIZE = 256       # videos smaller than this are written upscaled (nearest) so players show them
+
+
+# -------------------------------------------------------------------------------------------- bookkeeping
+
+class Timer:
+    """Wall time per named phase, in seconds."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+
+def versions() -> dict[str, str]:
+    import diffusers
+    import transformers
+    return {"motiontransfer": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "transformers": transformers.__version__, "numpy": np.__version__}
+
+
+_MODELS: dict[tuple, TextToVideo] = {}
+
+
+def get_model(config: TransferConfig) -> TextToVideo:
+    """Loads a model once per process and (model, device, dtype); later calls reuse it."""
+    key = (config.model, config.device, config.dtype, config.allow_unsafe_weights)
+    if key not in _MODELS:
+        _MODELS.clear()                     # one model at a time in memory
+        _MODELS[key] = load_model(config.model, device=config.device, dtype=config.dtype,
+                                  allow_unsafe_weights=config.allow_unsafe_weights)
+    model = _MODELS[key]
+    model.vae_slicing = config.vae_slicing
+    return model
+
+
+def fill_from_model(config: TransferConfig, model: TextToVideo) -> TransferConfig:
+    """Replaces the `None` fields with what the model recommends."""
+    d = model.defaults
+    negative = config.negative_prompt
+    if negative is None:
+        negative = d.negative_prompt if d.negative_prompt is not None else REFERENCE_NEGATIVE_PROMPT
+    return config.replace(frames=config.frames or d.frames, width=config.width or d.width,
+                          height=config.height or d.height, negative_prompt=negative,
+                          inversion_steps=config.inversion_steps or config.steps,
+                          seed=config.seed if config.seed is not None else secrets.randbits(31))
+
+
+def load_source(video: str | Path | Video | np.ndarray, config: TransferConfig, fps: float) -> Video:
+    """Reads and resizes the source; arrays (F, H, W, 3) uint8 are taken as they are, at `fps`."""
+    if isinstance(video, np.ndarray):
+        video = Video(frames=video, fps=fps, source="<array>")
+    elif not isinstance(video, Video):
+        video = read_video(video, frames=config.frames, stride=config.stride, start=config.start)
+    frames = video.frames[:config.frames]
+    if len(frames) < config.frames:
+        raise ConfigError(f"the video has {len(frames)} frames; {config.frames} are needed")
+    if frames.shape[1:3] != (config.height, config.width):
+        frames = resize_frames(frames, config.width, config.height, config.resize)
+    return Video(frames=frames, fps=video.fps, source=video.source)
+
+
+def slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "empty"
+
+
+def default_output_dir(video: Any, prompt: str) -> Path:
+    stem = Path(str(getattr(video, "source", video))).stem if not isinstance(video, np.ndarray) else "array"
+    return Path("outputs") / f"{slug(stem, 30)}-{slug(prompt)}"
+
+
+def prepare_output_dir(path: Path, overwrite: bool) -> Path:
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise OutputError(f"{path} already holds a result; pass --overwrite to replace it or choose another "
+                              f"--output-dir")
+        if not (path / "run.json").exists() and not (path / "result.mp4").exists():
+            raise OutputError(f"{path} is not empty and holds no earlier result; refusing to overwrite it")
+    return check_writable_dir(path)
+
+
+# ---------------------------------------------------------------------------------------------- inversion
+
+@dataclass
+class Inverted:
+    latents: dict[int, torch.Tensor]          # {t: x_t (1, C, F, h, w)} on the model's device
+    cached: bool
+    key: str
+
+
+def invert_latents(model: TextToVideo, frames: np.ndarray, config: TransferConfig, keep: list[int], *,
+                   progress: bool, timer: Timer, counts: dict) -> Inverted:
+    settings = {"inversion_steps": config.inversion_steps, "source_prompt": config.source_prompt,
+                "keep": sorted(keep), "dtype": str(model.dtype)}
+    cache = InversionCache(config.cache_dir)
+    key = cache.key(frames_digest(frames), model.identity, settings)
+    if config.use_cache:
+        hit = cache.load(key)
+        if hit is not None and set(keep) <= set(hit):
+            logger.info("reusing the cached inversion %s", cache.path(key))
+            return Inverted({t: v.to(model.device) for t, v in hit.items()}, cached=True, key=key)
+    with timer("encode"):
+        x0 = model.encode_frames(frames)
+    cond = model.encode_prompts([config.source_prompt])
+
+    def predict(x, t):
+        counts["unet_forward"] += 1
+        return model.predict(x, t, cond)
+
+    with timer("inversion"):
+        latents = ddim_invert(predict, x0, model.scheduler_config, config.inversion_steps, keep, progress=progress)
+    if config.use_cache:
+        try:
+            cache.save(key, latents)
+        except OSError as e:
+            logger.warning("could not write the inversion cache (%s); continuing", e)
+    return Inverted(latents, cached=False, key=key)
+
+
+# ---------------------------------------------------------------------------------------------- transfer
+
+@dataclass
+class TransferResult:
+    frames: np.ndarray                        # (F, H, W, 3) uint8, one per prompt in `results` below
+    prompt: str
+    fps: float
+    seed: int
+    config: TransferConfig
+    output_dir: Path | None
+    timings: dict[str, float]
+    counts: dict[str, int]
+    history: SampleHistory
+    inversion_cached: bool
+    source: np.ndarray                        # the preprocessed source frames (F, H, W, 3) uint8
+    record: dict = field(default_factory=dict)
+
+
+def needs_inversion(config: TransferConfig) -> bool:
+    guided = config.iterations > 0 and config.guidance_window[1] > config.guidance_window[0]
+    return config.init != "random" or guided
+
+
+def generate(model: TextToVideo, source: Video, prompts: list[str], config: TransferConfig, *,
+             progress: bool = True, timer: Timer | None = None) -> list[TransferResult]:
+    """The method on preprocessed frames, for one or more target prompts sharing inversion and source features."""
+    timer = timer or Timer()
+    counts = {"unet_forward": 0, "unet_truncated_forward": 0, "unet_backward": 0}
+    timesteps = sampling_timesteps(model.scheduler_config, config.steps)
+    guided = guidance_timesteps(timesteps, config.guidance_window) if config.iterations > 0 else []
+    inverted = None
+    if needs_inversion(config):
+        inverted = invert_latents(model, source.frames, config, sorted(set(guided) | {timesteps[0]}),
+                                  progress=progress, timer=timer, counts=counts)
+    source_cond = model.encode_prompts([config.source_prompt])
+    uncond = model.encode_prompts([config.negative_prompt])
+    weights = dict(zip(config.layers, config.layer_weights)) if config.layer_weights else None
+    source_features: dict[int, dict[str, torch.Tensor]] = {}     # per t, shared by every prompt
+    results = []
+    with FeatureHooks(model.unet, config.layers, stop_early=True) as hooks:
+        for p_index, prompt in enumerate(prompts):
+            cond = model.encode_prompts([prompt])
+            generator = torch.Generator().manual_seed(config.seed)
+
+            def source_side(t: int) -> dict[str, torch.Tensor]:
+                if t not in source_features:
+                    with torch.no_grad():
+                        counts["unet_truncated_forward"] += 1
+                        source_features[t] = reduce_source(
+                            config.loss, model.features(hooks, inverted.latents[t], t, source_cond))
+                return source_features[t]
+
+            def guidance(t: int, cond=cond):
+                src = source_side(t)
+
+                def loss(x):
+                    counts["unet_truncated_forward"] += 1
+                    counts["unet_backward"] += 1
+                    return motion_loss(config.loss, src, model.features(hooks, x, t, cond), weights)
+                return loss
+
+            def predict(x, t, cond=cond):
+                counts["unet_forward"] += 2 if config.guidance_scale != 1.0 else 1
+                return model.predict(x, t, cond, uncond, config.guidance_scale)
+
+            shape = (1, model.unet.config.in_channels, config.frames, config.height // model.vae_scale,
+                     config.width // model.vae_scale)
+            x_T = initial_latent(config.init, None if inverted is None else inverted.latents[timesteps[0]].cpu(),
+                                 shape, generator, config.lf_factor).to(model.device)
+            with timer("sampling"):
+                x0, history = guided_sample(predict, x_T, model.scheduler_config, config.steps,
+                                            guidance=guidance, guided=guided, iterations=config.iterations,
+                                            learning_rate=config.learning_rate, restart=config.restart,
+                                            generator=generator, progress=progress)
+            with timer("decode"):
+                frames = model.decode_latents(x0)
+            results.append(TransferResult(frames=frames, prompt=prompt, fps=source.fps, seed=config.seed,
+                                          config=config, output_dir=None, timings=timer.seconds, counts=counts,
+                                          history=history, inversion_cached=bool(inverted and inverted.cached),
+                                          source=source.frames))
+    return results
+
+
+def run_record(result: TransferResult, model: TextToVideo, video_source: str) -> dict:
+    return {
+        "prompt": result.prompt, "source": video_source, "seed": result.seed, "fps": result.fps,
+        "config": result.config.to_dict(), "model": {"path": str(model.path), "identity": model.identity},
+        "device": str(model.device), "dtype": str(model.dtype), "versions": versions(),
+        "timings_s": {k: round(v, 3) for k, v in result.timings.items()}, "counts": result.counts,
+        "inversion_cached": result.inversion_cached,
+        "guidance": [{"t": s.t, "lr": s.lr, "loss_before": s.losses[0] if s.losses else None,
+                      "loss_after": s.losses[-1] if s.losses else None, "losses": s.losses}
+                     for s in result.history.guided],
+        "unet_passes": {"sampling": result.history.unet_passes, "restarts": result.history.restarts},
+    }
+
+
+def write_outputs(directory: Path, result: TransferResult, record: dict, *, overwrite: bool) -> None:
+    """result.mp4, frames/, comparison.mp4, then run.json last: a folder with run.json is complete."""
+    stale = directory / "run.json"
+    if stale.exists():
+        stale.unlink()                                   # overwrite was allowed; the old result is no longer whole
+    write_video(directory / "result.mp4", result.frames, result.fps, min_size=PREVIEW_MIN_SIZE)
+    write_frames(directory / "frames", result.frames, overwrite=True)
+    write_video(directory / "comparison.mp4", side_by_side(result.source, result.frames), result.fps,
+                min_size=PREVIEW_MIN_SIZE)
+    atomic_write_text(directory / "run.json", json.dumps(record, indent=2))
+
+
+def transfer(video: str | Path | np.ndarray, prompt: str | list[str], *, output_dir: str | Path | None = None,
+             overwrite: bool = False, quiet: bool = False, preset: str | None = None,
+             config: str | Path | TransferConfig | None = None, fps: float | None = None,
+             **options) -> TransferResult | list[TransferResult]:
+    """Motion transfer: `video` (a path, or frames (F, H, W, 3) uint8) re-rendered as `prompt` describes.
+
+    Several prompts share one inversion and the source features; a list in gives a list out. `options` are
+    any `TransferConfig` fields (e.g. `steps=25, seed=0`). With `output_dir=None` results are written under
+    `outputs/<video>-<prompt>`; pass `output_dir=False` to write nothing.
+    """
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts or any(not p or not p.strip() for p in prompts):
+        raise ConfigError("the prompt is empty; say what the new video should show, e.g. --prompt \"a red star\"")
+    cfg, run = _config(preset, config, options)
+    output_dir = run.get("output_dir", output_dir)
+    overwrite = bool(run.get("overwrite", overwrite))
+    timer = Timer()
+    with timer("load"):
+        model = get_model(cfg)
+    cfg = fill_from_model(cfg, model)
+    with timer("read"):
+        source = load_source(video, cfg, fps or model.defaults.fps)
+    directories = []
+    if output_dir is not False:
+        for p in prompts:
+            base = Path(output_dir) if output_dir else default_output_dir(video, p)
+            directories.append(base if len(prompts) == 1 or output_dir is None else base / slug(p))
+        for d in directories:
+            prepare_output_dir(d, overwrite)
+    results = generate(model, source, prompts, cfg, progress=not quiet, timer=timer)
+    for i, result in enumerate(results):
+        result.record = run_record(result, model, source.source)
+        if directories:
+            result.output_dir = directories[i]
+            write_outputs(directories[i], result, result.record, overwrite=overwrite)
+    return results[0] if isinstance(prompt, str) else results
+
+
+def invert(video: str | Path | np.ndarray, *, quiet: bool = False, preset: str | None = None,
+           config: str | Path | TransferConfig | None = None, fps: float | None = None, **options) -> dict:
+    """Fills the inversion cache for `video`; returns where it is and whether it was there already."""
+    cfg, _ = _config(preset, config, options)
+    model = get_model(cfg)
+    cfg = fill_from_model(cfg, model)
+    source = load_source(video, cfg, fps or model.defaults.fps)
+    timesteps = sampling_timesteps(model.scheduler_config, cfg.steps)
+    keep = sorted(set(guidance_timesteps(timesteps, cfg.guidance_window)) | {timesteps[0]})
+    timer = Timer()
+    counts = {"unet_forward": 0}
+    inverted = invert_latents(model, source.frames, cfg.replace(use_cache=True), keep, progress=not quiet,
+                              timer=timer, counts=counts)
+    return {"cache": str(InversionCache(cfg.cache_dir).path(inverted.key)), "cached": inverted.cached,
+            "timesteps": keep, "timings_s": timer.seconds, "unet_forward": counts["unet_forward"]}
+
+
+def analyze(video: str | Path | np.ndarray, *, target: str = "smm", seeds: int | list[int] = 3,
+            output_dir: str | Path | None = None, overwrite: bool = False, quiet: bool = False,
+            preset: str | None = None, config: str | Path | TransferConfig | None = None,
+            fps: float | None = None, **options) -> list[TransferResult]:
+    """Feature inversion (Eq. 1): regenerate the video from random noise with the source prompt, matching the
+    source's full features (`target="features"`) or their SMM (`"smm"`), once per seed.
+
+    Full features reproduce the video nearly exactly; SMM keeps layout and motion and lets appearance vary.
+    """
+    if target not in ("features", "smm"):
+        raise ConfigError(f"--target must be features or smm, got {target!r}")
+    cfg, run = _config(preset, config, {**options, "init": "random", "loss": target})
+    output_dir = Path(run.get("output_dir", output_dir) or default_output_dir(video, f"analyze-{target}"))
+    overwrite = bool(run.get("overwrite", overwrite))
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    model = get_model(cfg)
+    cfg = fill_from_model(cfg, model)
+    source = load_source(video, cfg, fps or model.defaults.fps)
+    prompt = cfg.source_prompt
+    results = []
+    for seed in seed_list:
+        directory = output_dir / f"seed-{seed}"
+        prepare_output_dir(directory, overwrite)
+        seed_cfg = cfg.replace(seed=seed)
+        result = generate(model, source, [prompt or ""], seed_cfg, progress=not quiet)[0]
+        result.record = run_record(result, model, source.source) | {"analysis": target}
+        result.output_dir = directory
+        write_outputs(directory, result, result.record, overwrite=overwrite)
+        results.append(result)
+    return results
+
+
+def _config(preset, config, options) -> tuple[TransferConfig, dict]:
+    if isinstance(config, TransferConfig):
+        return config.replace(**options), {}
+    return resolve(preset, config, options)
+
+
+__all__ = ["transfer", "invert", "analyze", "generate", "TransferResult", "get_model"]

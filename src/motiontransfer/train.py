@@ -1,0 +1,444 @@
+"""Training of the shipped shapes model: a small text-to-video latent diffusion model in diffusers format.
+
+One command runs every stage in order and resumes from the last checkpoint of the stage it was in:
+
+    python -m motiontransfer.train --work checkpoints/shapes [--export src/motiontransfer/weights/shapes]
+
+Stages (each writes into the work folder, outside git):
+    data     render the synthetic world's clips (`world.make_dataset`) once, to `data.npz`
+    vae      train `AutoencoderKL` (factor 4) on single frames; `vae.pt`
+    encode   encode every clip to latents once (posterior mean x scaling factor); `latents.pt`
+    unet     train `CLIPTextModel` + `UNet3DConditionModel` jointly on the cached latents, first on single frames
+             (num_frames = 1: colour, shape and background bind to words), then on whole clips (motion);
+             `unet.pt` holds the weights, their exponential moving average, the optimiser and the step
+    export   writes the EMA weights as a diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)
+
+The noise schedule is ZeroScope's (scaled_linear 0.00085 to 0.012, 1000 steps, epsilon prediction), so the
+reference preset applies to this model unchanged. Progress goes to a tqdm bar and to `log.jsonl`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import world
+
+logger = logging.getLogger(__name__)
+
+SCHEDULER_CONFIG = {  # ZeroScope's scheduler config, the DDIM form.
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    size: int = 32                  # pixels, square frames
+    frames: int = 16                # frames per clip
+    clips: int = 20_000             # training clips
+    max_tokens: int = 16            # tokenizer model_max_length (captions have at most 13 words)
+    # VAE
+    vae_channels: tuple[int, ...] = (32, 64, 64)   # 2 downsamplings: factor 4, latent 4 x 8 x 8
+    vae_steps: int = 5_000
+    vae_batch: int = 32             # frames per step
+    vae_lr: float = 1e-3
+    vae_kl: float = 1e-6
+    # text encoder
+    text_hidden: int = 64
+    text_layers: int = 2
+    # UNet
+    # Three levels, not ZeroScope's four: on an 8x8 latent the hooked `up_blocks.1` then works at 4x4
+    # (ZeroScope's at 10x18) instead of 2x2, so its spatial means still see where the object is.
+    unet_channels: tuple[int, ...] = (48, 64, 96)
+    unet_layers: int = 1            # layers_per_block; up blocks get one more, so `resnets.1` exists
+    image_steps: int = 1_500        # single-frame steps (batch image_batch)
+    image_batch: int = 64
+    video_steps: int = 6_000        # whole-clip steps (batch video_batch)
+    video_batch: int = 8
+    lr: float = 5e-4
+    warmup: int = 200
+    ema: float = 0.999
+    caption_dropout: float = 0.1    # empty prompt, for classifier-free guidance
+    min_snr_gamma: float = 5.0      # loss weight min(SNR, gamma) / SNR (Hang et al. 2023)
+    checkpoint_minutes: float = 4.0
+
+
+# ----------------------------------------------------------------------------------------------------- models
+
+def build_tokenizer(directory: Path, max_tokens: int, words: list[str] | None = None):
+    """A CLIP BPE tokenizer whose merges turn every word of `words` (default: the world's vocabulary) into one
+    token; vocab.json and merges.txt are written beside the tokenizer's own files.
+
+    The merges are learnt with the `tokenizers` BPE trainer on the vocabulary itself, so applying them
+    reproduces each whole word; unknown words fall apart into characters, as in any BPE.
+    """
+    from tokenizers import Tokenizer, models, trainers
+    from transformers import CLIPTokenizer
+
+    words = world.vocabulary() if words is None else words
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    bpe.train_from_iterator(words, trainers.BpeTrainer(vocab_size=100_000, end_of_word_suffix="</w>",
+                                                       show_progress=False))
+    model = json.loads(bpe.to_str())["model"]
+    vocab = dict(model["vocab"])
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.json").write_text(json.dumps(vocab, indent=0))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges))
+    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"),
+                              model_max_length=max_tokens, pad_token="<|endoftext|>")
+    for word in words:
+        ids = tokenizer(word, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            raise RuntimeError(f"tokenizer splits {word!r} into {len(ids)} tokens")
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def build_vae(cfg: TrainConfig):
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=cfg.size,
+                         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+                         block_out_channels=cfg.vae_channels, layers_per_block=1, norm_num_groups=16)
+
+
+def build_text_encoder(cfg: TrainConfig, vocab_size: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=cfg.text_hidden,
+                            intermediate_size=2 * cfg.text_hidden, num_hidden_layers=cfg.text_layers,
+                            num_attention_heads=4, max_position_embeddings=cfg.max_tokens,
+                            bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
+    return CLIPTextModel(config)
+
+
+def build_unet(cfg: TrainConfig):
+    """ZeroScope's block types at a small width, so the default hooked layer names apply unchanged."""
+    from diffusers import UNet3DConditionModel
+
+    n = len(cfg.unet_channels)
+    return UNet3DConditionModel(
+        sample_size=cfg.size // 4, in_channels=4, out_channels=4, block_out_channels=cfg.unet_channels,
+        down_block_types=("CrossAttnDownBlock3D",) * (n - 1) + ("DownBlock3D",),
+        up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * (n - 1),
+        layers_per_block=cfg.unet_layers, norm_num_groups=16, cross_attention_dim=cfg.text_hidden, attention_head_dim=8)
+
+
+# ------------------------------------------------------------------------------------------------- utilities
+
+class Log:
+    """Appends one JSON line per record to `log.jsonl` in the work folder."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, **record):
+        record["time"] = round(time.time(), 1)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 5% of the base rate."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def to_unit(frames_uint8: torch.Tensor) -> torch.Tensor:
+    """(..., H, W, 3) uint8 -> (..., 3, H, W) float in [-1, 1]."""
+    return frames_uint8.movedim(-1, -3).float().div(127.5).sub(1.0)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two batches in [-1, 1] (peak-to-peak 2)."""
+    mse = F.mse_loss(a.clamp(-1, 1), b.clamp(-1, 1)).item()
+    return 10 * math.log10(4.0 / max(mse, 1e-12))
+
+
+# ----------------------------------------------------------------------------------------------------- stages
+
+def stage_data(cfg: TrainConfig, work: Path) -> None:
+    path = work / "data.npz"
+    if path.exists():
+        return
+    logger.info("rendering %d clips of %d frames at %dx%d", cfg.clips, cfg.frames, cfg.size, cfg.size)
+    data = world.make_dataset(cfg.clips, seed=cfg.seed, size=cfg.size, frames=cfg.frames, progress=True)
+    tmp = work / "data.tmp.npz"
+    np.savez(tmp, frames=data["frames"], captions=np.array(data["captions"]))
+    os.replace(tmp, path)
+
+
+def load_frames(work: Path) -> tuple[np.ndarray, list[str]]:
+    with np.load(work / "data.npz") as z:
+        return z["frames"], [str(c) for c in z["captions"]]
+
+
+def stage_vae(cfg: TrainConfig, work: Path, log: Log) -> None:
+    path = work / "vae.pt"
+    state = torch.load(path, weights_only=False) if path.exists() else None
+    if state is not None and state["step"] >= cfg.vae_steps:
+        return
+    frames, _ = load_frames(work)
+    flat = torch.from_numpy(frames.reshape(-1, cfg.size, cfg.size, 3))      # (N*F, H, W, 3) uint8
+    held_out = flat[-2048:]
+    flat = flat[:-2048]
+    vae = build_vae(cfg)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    step = 0
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    if state is not None:
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        gen.set_state(state["gen"])
+    vae.train()
+    last_save = time.time()
+    bar = tqdm(total=cfg.vae_steps, initial=step, desc="vae", dynamic_ncols=True)
+    while step < cfg.vae_steps:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.vae_steps, cfg.vae_lr, 100)
+        idx = torch.randint(len(flat), (cfg.vae_batch,), generator=gen)
+        x = to_unit(flat[idx])
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        rec_loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = rec_loss + cfg.vae_kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{rec_loss.item():.4f}", psnr=f"{psnr(rec.detach(), x):.1f}")
+        if step % 500 == 0 or step == cfg.vae_steps:
+            vae.eval()
+            with torch.no_grad():
+                x = to_unit(held_out[:512])
+                held = psnr(vae.decode(vae.encode(x).latent_dist.mean).sample, x)
+            vae.train()
+            log(stage="vae", step=step, loss=rec_loss.item(), kl=kl.item(), psnr_held_out=held)
+        if time.time() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.vae_steps:
+            save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
+                         "gen": gen.get_state()}, path)
+            last_save = time.time()
+    bar.close()
+
+
+def load_vae(cfg: TrainConfig, work: Path):
+    vae = build_vae(cfg)
+    vae.load_state_dict(torch.load(work / "vae.pt", weights_only=False)["model"])
+    return vae.eval().requires_grad_(False)
+
+
+def stage_encode(cfg: TrainConfig, work: Path) -> None:
+    path = work / "latents.pt"
+    if path.exists():
+        return
+    frames, captions = load_frames(work)
+    vae = load_vae(cfg, work)
+    means = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(frames), 64), desc="encode", dynamic_ncols=True):
+            x = to_unit(torch.from_numpy(frames[i:i + 64]).flatten(0, 1))        # (b*F, 3, H, W)
+            z = vae.encode(x).latent_dist.mean
+            means.append(z.unflatten(0, (-1, cfg.frames)).transpose(1, 2))       # (b, C, F, h, w)
+    latents = torch.cat(means)
+    scaling = 1.0 / latents.std().item()
+    save_atomic({"latents": latents * scaling, "captions": captions, "scaling_factor": scaling}, path)
+
+
+def stage_unet(cfg: TrainConfig, work: Path, log: Log) -> None:
+    from diffusers import DDPMScheduler
+    from transformers import CLIPTokenizer
+
+    path = work / "unet.pt"
+    total = cfg.image_steps + cfg.video_steps
+    state = torch.load(path, weights_only=False) if path.exists() else None
+    if state is not None and state["step"] >= total:
+        return
+    tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
+    cached = torch.load(work / "latents.pt", weights_only=False)
+    latents, captions = cached["latents"], cached["captions"]           # (N, C, F, h, w)
+    ids = tokenizer(captions, padding="max_length", max_length=cfg.max_tokens, truncation=True,
+                    return_tensors="pt").input_ids                       # (N, T)
+    empty_ids = tokenizer([""], padding="max_length", max_length=cfg.max_tokens, return_tensors="pt").input_ids
+
+    unet = build_unet(cfg)
+    text = build_text_encoder(cfg, len(tokenizer))
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
+    ema = [p.detach().clone() for p in params]
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    step = 0
+    if state is not None:
+        unet.load_state_dict(state["unet"])
+        text.load_state_dict(state["text"])
+        opt.load_state_dict(state["opt"])
+        ema = state["ema"]
+        gen.set_state(state["gen"])
+        step = state["step"]
+    noise = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items()
+                             if k not in ("set_alpha_to_one", "steps_offset")})
+    alphas = noise.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    weight = torch.clamp(snr, max=cfg.min_snr_gamma) / snr                    # min-SNR weighting, epsilon target
+    unet.train()
+    text.train()
+    last_save = time.time()
+    bar = tqdm(total=total, initial=step, desc="unet", dynamic_ncols=True)
+    n = len(latents)
+    while step < total:
+        image_phase = step < cfg.image_steps
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, total, cfg.lr, cfg.warmup)
+        if image_phase:                                                       # single frames: (B, C, 1, h, w)
+            clip = torch.randint(n, (cfg.image_batch,), generator=gen)
+            frame = torch.randint(cfg.frames, (cfg.image_batch,), generator=gen)
+            x0 = latents[clip, :, frame].unsqueeze(2)
+        else:
+            clip = torch.randint(n, (cfg.video_batch,), generator=gen)
+            x0 = latents[clip]
+        tokens = ids[clip].clone()
+        drop = torch.rand(len(clip), generator=gen) < cfg.caption_dropout
+        tokens[drop] = empty_ids
+        t = torch.randint(0, noise.config.num_train_timesteps, (len(clip),), generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        xt = noise.add_noise(x0, eps, t)
+        cond = text(tokens).last_hidden_state
+        pred = unet(xt, t, encoder_hidden_states=cond).sample
+        per_sample = (pred - eps).pow(2).mean(dim=(1, 2, 3, 4))
+        loss = (per_sample * weight[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        decay = min(cfg.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        bar.update(1)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}", phase="image" if image_phase else "video")
+        if step % 100 == 0:
+            log(stage="unet", step=step, phase="image" if image_phase else "video", loss=loss.item(),
+                lr=opt.param_groups[0]["lr"])
+        if time.time() - last_save > cfg.checkpoint_minutes * 60 or step == total or step == cfg.image_steps:
+            save_atomic({"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(),
+                         "ema": ema, "gen": gen.get_state(), "step": step}, path)
+            last_save = time.time()
+    bar.close()
+
+
+def export(cfg: TrainConfig, work: Path, out: Path, *, dtype=torch.float16) -> None:
+    """Writes the EMA weights as a diffusers-format folder (the layout of cerspense/zeroscope_v2_576w)."""
+    from diffusers import DDIMScheduler
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
+    state = torch.load(work / "unet.pt", weights_only=False)
+    unet = build_unet(cfg)
+    text = build_text_encoder(cfg, len(tokenizer))
+    params = list(unet.parameters()) + list(text.parameters())
+    with torch.no_grad():
+        for p, e in zip(params, state["ema"]):
+            p.copy_(e)
+    vae = load_vae(cfg, work)
+    vae.register_to_config(scaling_factor=torch.load(work / "latents.pt", weights_only=False)["scaling_factor"])
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        import shutil
+        shutil.rmtree(tmp)
+    unet.to(dtype).save_pretrained(tmp / "unet", safe_serialization=True)
+    vae.to(dtype).save_pretrained(tmp / "vae", safe_serialization=True)
+    text.to(dtype).save_pretrained(tmp / "text_encoder", safe_serialization=True)
+    tokenizer.save_pretrained(tmp / "tokenizer")
+    for name in ("vocab.json", "merges.txt"):
+        (tmp / "tokenizer" / name).write_bytes((work / "tokenizer" / name).read_bytes())
+    DDIMScheduler(**SCHEDULER_CONFIG).save_pretrained(tmp / "scheduler")
+    (tmp / "model_index.json").write_text(json.dumps({
+        "_class_name": "TextToVideoSDPipeline", "_diffusers_version": "0.42.1",
+        "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet3DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"]}, indent=2))
+    (tmp / "motiontransfer.json").write_text(json.dumps({
+        "width": cfg.size, "height": cfg.size, "frames": cfg.frames, "fps": 8.0, "negative_prompt": "",
+        "trained_steps": state["step"], "train_config": asdict(cfg)}, indent=2))
+    if out.exists():
+        import shutil
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    logger.info("exported step %d to %s", state["step"], out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("checkpoints/shapes"), help="checkpoint folder")
+    parser.add_argument("--export", type=Path, default=None, help="write the diffusers folder here when done")
+    parser.add_argument("--export-only", action="store_true", help="export the last checkpoint and stop")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override a TrainConfig field")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.work.mkdir(parents=True, exist_ok=True)
+    saved = args.work / "config.json"
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    base = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v
+                          for k, v in json.loads(saved.read_text()).items()}) if saved.exists() else TrainConfig()
+    fields = asdict(base)
+    for k, v in overrides.items():
+        if k not in fields:
+            raise SystemExit(f"unknown TrainConfig field {k!r}")
+        fields[k] = type(fields[k])(json.loads(v)) if not isinstance(fields[k], str) else v
+    cfg = TrainConfig(**fields)
+    saved.write_text(json.dumps(asdict(cfg), indent=2))
+    torch.manual_seed(cfg.seed)
+    if args.export_only:
+        export(cfg, args.work, args.export or Path("src/motiontransfer/weights/shapes"))
+        return
+    log = Log(args.work / "log.jsonl")
+    stage_data(cfg, args.work)
+    if not (args.work / "tokenizer" / "vocab.json").exists():
+        build_tokenizer(args.work / "tokenizer", cfg.max_tokens)
+    stage_vae(cfg, args.work, log)
+    stage_encode(cfg, args.work)
+    stage_unet(cfg, args.work, log)
+    if args.export:
+        export(cfg, args.work, args.export)
+
+
+if __name__ == "__main__":
+    main()

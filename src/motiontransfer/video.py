@@ -1,0 +1,436 @@
+"""Video input and output: reading clips, resizing them, writing results atomically.
+
+One layout at this boundary: frames are `np.ndarray` of shape (F, H, W, 3), dtype uint8, RGB.
+
+Inputs (`read_video`):
+    .mp4 .mov .avi .webm .mkv   decoded with PyAV; decoding stops as soon as the requested frames are in
+    .gif                        decoded with Pillow; palette and transparency composited on black
+    a folder of images          .png .jpg .jpeg .bmp .webp, in natural order ("frame2" before "frame10")
+
+Outputs (`write_video`, `write_frames`, `atomic_write_bytes`, `atomic_write_text`) are written under a temporary
+name in the target's own folder and moved into place with `os.replace`, so a reader never sees half a file and a
+failed write leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+import secrets
+import shutil
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import OutputError, VideoError
+
+logger = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".webm", ".mkv")
+GIF_SUFFIX = ".gif"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+WRITE_SUFFIXES = (".mp4", ".gif")
+RESIZE_POLICIES = ("crop", "stretch", "pad")
+
+FOLDER_FPS = 8.0        # frames per second of an image folder, which carries no timing of its own
+GIF_FPS = 10.0          # a gif frame of 0-10 ms is shown for 100 ms by browsers; we read it the same way
+MP4_CRF = 12            # x264 constant rate factor, near lossless: a smooth 64x48 clip round-trips at ~38 dB PSNR
+
+
+@dataclass
+class Video:
+    frames: np.ndarray      # (F, H, W, 3) uint8 RGB
+    fps: float              # frames per second of `frames`: the source rate divided by the stride
+    source: str             # the path it was read from
+
+
+# --------------------------------------------------------------------------------------------------- reading
+
+def read_video(path: str | os.PathLike, *, frames: int | None = None, stride: int = 1, start: int = 0) -> Video:
+    """Read frames `start, start + stride, ...` of a video file, gif or image folder; `frames` of them, or all.
+
+    The returned fps is the source's rate divided by `stride` (an image folder counts as `FOLDER_FPS`).
+    Raises `VideoError` when the path is missing, unsupported, undecodable or holds too few frames.
+    """
+    if frames is not None and frames < 1:
+        raise VideoError(f"The number of frames must be at least 1, not {frames}.")
+    if stride < 1:
+        raise VideoError(f"The stride must be at least 1, not {stride}.")
+    if start < 0:
+        raise VideoError(f"The start frame must be 0 or more, not {start}.")
+    path = Path(path)
+    if not path.exists():
+        raise VideoError(f"{path} does not exist; check the path.")
+    if path.is_dir():
+        reader = _read_folder
+    elif path.suffix.lower() in VIDEO_SUFFIXES:
+        reader = _read_container
+    elif path.suffix.lower() == GIF_SUFFIX:
+        reader = _read_gif
+    else:
+        supported = ", ".join(VIDEO_SUFFIXES + (GIF_SUFFIX,))
+        raise VideoError(f"{path} has an unsupported type {path.suffix or '(no extension)'!r}; "
+                         f"pass a {supported} file or a folder of images.")
+    selected, source_fps = reader(path, frames, stride, start)
+    logger.debug("read %d frames of %s (start %d, stride %d)", len(selected), path, start, stride)
+    return Video(frames=np.stack(selected), fps=source_fps / stride, source=str(path))
+
+
+def _needed(frames: int | None, stride: int, start: int) -> int | None:
+    """How many source frames must exist to take `frames` frames; None when all are wanted."""
+    return None if frames is None else start + stride * (frames - 1) + 1
+
+
+def _check_count(path: Path, available: int, frames: int | None, stride: int, start: int) -> None:
+    """Raise the too-few-frames error when `available` source frames cannot give what was asked."""
+    selectable = len(range(start, available, stride))
+    if selectable == 0:
+        raise VideoError(f"{path.name} has {available} frames; start {start} is past its end. "
+                         f"Pass --start {max(available - 1, 0)} or lower.")
+    needed = _needed(frames, stride, start)
+    if needed is not None and available < needed:
+        raise VideoError(f"{path.name} has {available} frames; {needed} are needed (start {start}, stride {stride}). "
+                         f"Pass --frames {selectable} or fewer, or a lower --stride.")
+
+
+def _check_size(path: Path, index: int, frame: np.ndarray, first: np.ndarray) -> None:
+    if frame.shape != first.shape:
+        raise VideoError(f"{path.name}: frame {index} is {frame.shape[1]}x{frame.shape[0]} but the first frame is "
+                         f"{first.shape[1]}x{first.shape[0]}; bring all frames to one size.")
+
+
+def _undecodable(path: Path, error: Exception) -> VideoError:
+    return VideoError(f"{path} could not be decoded ({error}); check that it plays, or re-encode it with "
+                      f"`ffmpeg -i {path.name} -c:v libx264 -pix_fmt yuv420p fixed.mp4`.")
+
+
+def _read_container(path: Path, frames: int | None, stride: int, start: int) -> tuple[list[np.ndarray], float]:
+    needed = _needed(frames, stride, start)
+    selected: list[np.ndarray] = []
+    count = 0
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError(f"{path} holds no video stream (audio only, or not a video); pass a video file.")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            for frame in container.decode(stream):
+                if count >= start and (count - start) % stride == 0:
+                    selected.append(frame.to_ndarray(format="rgb24"))
+                    _check_size(path, count, selected[-1], selected[0])
+                count += 1
+                if needed is not None and count >= needed:
+                    break
+    except (av.FFmpegError, OSError, EOFError) as error:
+        raise _undecodable(path, error) from error
+    if count == 0:
+        raise VideoError(f"{path} has a video stream but no frame could be decoded; check that it plays, "
+                         f"or re-encode it with ffmpeg.")
+    _check_count(path, count, frames, stride, start)
+    if rate:
+        fps = float(rate)
+    else:
+        fps = FOLDER_FPS
+        logger.warning("%s does not state its frame rate; assuming %.1f fps", path, fps)
+    return selected, fps
+
+
+def _read_gif(path: Path, frames: int | None, stride: int, start: int) -> tuple[list[np.ndarray], float]:
+    try:
+        with Image.open(path) as image:
+            count = getattr(image, "n_frames", 1)
+            _check_count(path, count, frames, stride, start)
+            indices = range(start, count, stride)[:frames]
+            selected = []
+            durations = []      # ms, of the frames up to the last one taken: they set the rate
+            for index in range(indices[-1] + 1):
+                image.seek(index)
+                duration = image.info.get("duration", 0)
+                durations.append(duration if duration > 10 else 1000.0 / GIF_FPS)
+                if index in indices:
+                    selected.append(_pil_to_rgb(image))
+                    _check_size(path, index, selected[-1], selected[0])
+    except (OSError, SyntaxError, ValueError, EOFError) as error:  # Pillow's decoding errors
+        raise _undecodable(path, error) from error
+    return selected, 1000.0 / float(np.mean(durations))
+
+
+def _natural_key(name: str) -> tuple:
+    """'frame10.png' -> ('frame', 10, '.png'): digit runs compare as numbers, whatever their zero padding."""
+    parts = re.split(r"(\d+)", name.lower())
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(parts)), name
+
+
+def _read_folder(path: Path, frames: int | None, stride: int, start: int) -> tuple[list[np.ndarray], float]:
+    files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                   key=lambda p: _natural_key(p.name))
+    if not files:
+        raise VideoError(f"{path} holds no images; put numbered {', '.join(IMAGE_SUFFIXES)} frames in it.")
+    _check_count(path, len(files), frames, stride, start)
+    selected = []
+    for index in range(start, len(files), stride)[:frames]:
+        try:
+            with Image.open(files[index]) as image:
+                selected.append(_pil_to_rgb(ImageOps.exif_transpose(image)))
+        except (OSError, SyntaxError, ValueError) as error:
+            raise VideoError(f"{files[index]} could not be decoded ({error}); check that it opens in an image "
+                             f"viewer, or export it again.") from error
+        _check_size(path, index, selected[-1], selected[0])
+    return selected, FOLDER_FPS
+
+
+def _pil_to_rgb(image: Image.Image) -> np.ndarray:
+    """A Pillow image in any mode as (H, W, 3) uint8 RGB; transparent pixels are composited on black."""
+    if image.mode.startswith("I"):     # 16- or 32-bit greyscale (16-bit PNG): scale 0..65535 to 0..255
+        grey = (np.asarray(image).astype(np.uint32) + 128) // 257
+        return np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = np.asarray(image.convert("RGBA")).astype(np.uint16)
+        rgb = (rgba[..., :3] * rgba[..., 3:] + 127) // 255
+        return rgb.astype(np.uint8)
+    return np.array(image.convert("RGB"), dtype=np.uint8)
+
+
+# -------------------------------------------------------------------------------------------------- resizing
+
+def _check_frames(frames: np.ndarray) -> None:
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        described = (f"{frames.dtype} array of shape {frames.shape}" if isinstance(frames, np.ndarray)
+                     else type(frames).__name__)
+        raise ValueError(f"frames must be a uint8 array of shape (F, H, W, 3), got a {described}")
+    if frames.shape[0] == 0 or frames.shape[1] == 0 or frames.shape[2] == 0:
+        raise ValueError(f"frames must not be empty, got shape {frames.shape}")
+
+
+def _resize(frames: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize every frame to (height, width): area averaging when shrinking, bicubic when enlarging."""
+    _, h, w, _ = frames.shape
+    if (w, h) == (width, height):
+        return frames.copy()
+    interpolation = cv2.INTER_AREA if width * height < w * h else cv2.INTER_CUBIC
+    # cv2 saturates uint8 results, so bicubic overshoot is clipped to 0..255.
+    return np.stack([cv2.resize(frame, (width, height), interpolation=interpolation) for frame in frames])
+
+
+def resize_frames(frames: np.ndarray, width: int, height: int, policy: str = "crop") -> np.ndarray:
+    """Bring (F, H, W, 3) frames to (F, height, width, 3).
+
+    crop     centre-crop to the target aspect ratio, then resize
+    stretch  resize, ignoring the aspect ratio
+    pad      resize to fit inside the target, then pad with black, centred (letterbox)
+    """
+    if policy not in RESIZE_POLICIES:
+        raise ValueError(f"unknown resize policy {policy!r}; valid policies are {', '.join(RESIZE_POLICIES)}")
+    if width < 1 or height < 1:
+        raise ValueError(f"target size must be positive, got {width}x{height}")
+    _check_frames(frames)
+    _, h, w, _ = frames.shape
+    if policy == "stretch":
+        return _resize(frames, width, height)
+    if policy == "crop":
+        if w * height > width * h:      # source is wider than the target: crop columns
+            crop_w = max(1, round(h * width / height))
+            x0 = (w - crop_w) // 2
+            frames = frames[:, :, x0:x0 + crop_w]
+        else:                           # source is taller (or equal): crop rows
+            crop_h = max(1, round(w * height / width))
+            y0 = (h - crop_h) // 2
+            frames = frames[:, y0:y0 + crop_h]
+        return _resize(frames, width, height)
+    scale = min(width / w, height / h)
+    fit_w, fit_h = min(width, max(1, round(w * scale))), min(height, max(1, round(h * scale)))
+    canvas = np.zeros((frames.shape[0], height, width, 3), np.uint8)
+    x0, y0 = (width - fit_w) // 2, (height - fit_h) // 2
+    canvas[:, y0:y0 + fit_h, x0:x0 + fit_w] = _resize(frames, fit_w, fit_h)
+    return canvas
+
+
+def side_by_side(a: np.ndarray, b: np.ndarray, *, gap: int = 4) -> np.ndarray:
+    """Two videos next to each other, (F, H_a, W_a + gap + W_b', 3), with a white gap.
+
+    `b` is resized to `a`'s height keeping its aspect ratio; the result has the shorter of the two frame counts.
+    """
+    if gap < 0:
+        raise ValueError(f"gap must be 0 or more, got {gap}")
+    _check_frames(a)
+    _check_frames(b)
+    count, height = min(len(a), len(b)), a.shape[1]
+    a, b = a[:count], b[:count]
+    if b.shape[1] != height:
+        b = _resize(b, max(1, round(b.shape[2] * height / b.shape[1])), height)
+    white = np.full((count, height, gap, 3), 255, np.uint8)
+    return np.concatenate([a, white, b], axis=2)
+
+
+# --------------------------------------------------------------------------------------------------- writing
+
+def _temporary_sibling(path: Path, keep_suffix: bool = True) -> Path:
+    """A fresh hidden name next to `path`: `.result.mp4.tmp-<pid>-<token>.mp4` (the suffix kept for encoders)."""
+    token = f"tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    return path.with_name(f".{path.name}.{token}{path.suffix if keep_suffix else ''}")
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or folder left by a failed write; never raises."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as error:
+        logger.warning("could not remove temporary %s: %s", path, error)
+
+
+def _cannot_write(path: Path, error: BaseException) -> OutputError:
+    reason = getattr(error, "strerror", None) or str(error)
+    return OutputError(f"Cannot write {path}: {reason}. Choose another --output-dir.")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so that `path` holds either its old content or all of `data`, never a part."""
+    path = Path(path)
+    temporary = _temporary_sibling(path, keep_suffix=False)
+    try:
+        with open(temporary, "xb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        _remove(temporary)
+        raise _cannot_write(path, error) from error
+    except BaseException:
+        _remove(temporary)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+    """`atomic_write_bytes` for text."""
+    atomic_write_bytes(path, text.encode(encoding))
+
+
+def _encode_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
+    """H.264 (yuv420p, CRF `MP4_CRF`) into an .mp4; frames must have even height and width."""
+    _, height, width, _ = frames.shape
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(10_000))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": str(MP4_CRF), "preset": "medium"}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())     # flush the encoder
+
+
+def _encode_gif(path: Path, frames: np.ndarray, fps: float) -> None:
+    """Looping gif, one adaptive palette per frame.
+
+    Pillow merges identical consecutive frames into one longer frame, so a still stretch reads back as fewer frames.
+    """
+    images = [Image.fromarray(frame) for frame in frames]
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
+                   duration=round(1000.0 / fps), loop=0)
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, min_size: int = 0) -> None:
+    """Write (F, H, W, 3) uint8 RGB frames as an H.264 .mp4 or a .gif, atomically.
+
+    For the mp4, an odd height or width is made even by repeating the last row or column (yuv420p needs even
+    sizes). `min_size` > 0 enlarges small frames by an integer factor, nearest neighbour, until the shorter side
+    is at least `min_size` pixels, for viewing; 0 writes the frames at their own size.
+    Raises `OutputError` when the file cannot be written.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in WRITE_SUFFIXES:
+        raise OutputError(f"Cannot write {path}: videos are written as {' or '.join(WRITE_SUFFIXES)}; "
+                          f"choose one of those extensions.")
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    _check_frames(frames)
+    shorter = min(frames.shape[1:3])
+    if min_size > shorter:
+        factor = math.ceil(min_size / shorter)
+        frames = frames.repeat(factor, axis=1).repeat(factor, axis=2)
+    if suffix == ".mp4":
+        odd_h, odd_w = frames.shape[1] % 2, frames.shape[2] % 2
+        if odd_h or odd_w:
+            frames = np.pad(frames, ((0, 0), (0, odd_h), (0, odd_w), (0, 0)), mode="edge")
+        encode = _encode_mp4
+    else:
+        encode = _encode_gif
+    temporary = _temporary_sibling(path)
+    try:
+        encode(temporary, frames, fps)
+        os.replace(temporary, path)
+    except BaseException as error:
+        _remove(temporary)
+        if isinstance(error, (OSError, av.FFmpegError)):
+            raise _cannot_write(path, error) from error
+        raise
+    logger.debug("wrote %d frames to %s", len(frames), path)
+
+
+def write_frames(directory: str | os.PathLike, frames: np.ndarray, *, prefix: str = "", digits: int = 4,
+                 overwrite: bool = False) -> Path:
+    """Write each frame as `<prefix>0000.png`, ... into `directory`, which appears whole or not at all.
+
+    An existing `directory` raises `OutputError` unless `overwrite`, in which case it is replaced.
+    Returns the directory.
+    """
+    directory = Path(directory)
+    _check_frames(frames)
+    if directory.exists() and not overwrite:
+        raise OutputError(f"{directory} already exists; choose another --output-dir or pass --overwrite.")
+    if directory.exists() and not directory.is_dir():
+        raise OutputError(f"{directory} is a file, not a folder; choose another --output-dir.")
+    temporary = _temporary_sibling(directory, keep_suffix=False)
+    try:
+        temporary.mkdir()
+        for index, frame in enumerate(frames):
+            Image.fromarray(frame).save(temporary / f"{prefix}{index:0{digits}d}.png")
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+            os.replace(directory, old)
+            try:
+                os.replace(temporary, directory)
+            except BaseException:
+                os.replace(old, directory)
+                raise
+            _remove(old)
+        else:
+            os.replace(temporary, directory)
+    except BaseException as error:
+        _remove(temporary)
+        if isinstance(error, OSError):
+            raise _cannot_write(directory, error) from error
+        raise
+    return directory
+
+
+def check_writable_dir(path: str | os.PathLike) -> Path:
+    """Create `path` (and its parents) if needed and check that a file can be created in it; returns it."""
+    path = Path(path)
+    probe = path / f".write-check-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        probe.unlink()
+    except OSError as error:
+        reason = "it is a file" if path.is_file() else (error.strerror or str(error))
+        raise OutputError(f"Cannot write to {path}: {reason}. Choose another --output-dir.") from error
+    return path
+
+
+def frames_digest(frames: np.ndarray) -> str:
+    """Hex sha256 of the array's dtype, shape and bytes: equal frames give equal keys, for caches."""
+    digest = hashlib.sha256(repr((frames.dtype.str, frames.shape)).encode())
+    digest.update(memoryview(np.ascontiguousarray(frames)).cast("B"))
+    return digest.hexdigest()

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny random checkpoints in the ZeroScope folder layout, written with `save_pretrained`
+and loaded through the real loading path."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)
+
+WORDS = ["a", "red", "green", "blue", "star", "circle", "square", "on", "black", "white", "background", "moving"]
+SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+             "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon",
+             "timestep_spacing": "leading"}
+
+
+def build_tiny_model(directory: Path, *, seed: int = 0, size: int = 32, frames: int = 4,
+                     with_defaults: bool = True) -> Path:
+    """A random text-to-video checkpoint: UNet3D (8, 16, 16) with ZeroScope's block types, VAE factor 4."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from motiontransfer.train import build_tokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(directory / "tokenizer", max_tokens=8, words=WORDS)
+    vocab = len(tokenizer)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, max_position_embeddings=8, bos_token_id=vocab - 2,
+                                        eos_token_id=vocab - 1, pad_token_id=vocab - 1))
+    unet = UNet3DConditionModel(sample_size=size // 4, block_out_channels=(8, 16, 16), layers_per_block=1,
+                                down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"),
+                                up_block_types=("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
+                                norm_num_groups=4, cross_attention_dim=16, attention_head_dim=4)
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 3,
+                        up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, norm_num_groups=4,
+                        layers_per_block=1, sample_size=size)
+    unet.save_pretrained(directory / "unet", safe_serialization=True)
+    vae.save_pretrained(directory / "vae", safe_serialization=True)
+    text.save_pretrained(directory / "text_encoder", safe_serialization=True)
+    DDIMScheduler(**SCHEDULER).save_pretrained(directory / "scheduler")
+    if with_defaults:
+        (directory / "motiontransfer.json").write_text(json.dumps(
+            {"width": size, "height": size, "frames": frames, "fps": 8.0, "negative_prompt": ""}))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def moving_square(frames: int = 4, size: int = 32, colour=(255, 0, 0), background=(0, 0, 0)) -> np.ndarray:
+    """(F, H, W, 3) uint8: a square moving right by 2 px a frame."""
+    video = np.empty((frames, size, size, 3), np.uint8)
+    video[:] = background
+    for f in range(frames):
+        x = 4 + 2 * f
+        video[f, 10:20, x:x + 10] = colour
+    return video

@@ -1,0 +1,281 @@
+"""Tests of the synthetic world: determinism, ground truth against the rendered pixels, captions, speed."""
+
+import dataclasses
+import itertools
+import math
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from motiontransfer import world
+
+
+def _static(params: world.ClipParams) -> world.ClipParams:
+    """The same clip without rotation."""
+    return dataclasses.replace(params, spin=0.0)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def _lab(rgb) -> np.ndarray:
+    """CIELAB (L in 0..100) of one RGB uint8 colour."""
+    lab = cv2.cvtColor(np.array([[rgb]], np.uint8), cv2.COLOR_RGB2LAB)[0, 0].astype(np.float64)
+    return lab * [100 / 255, 1, 1] - [0, 128, 128]
+
+
+def test_same_seed_same_dataset():
+    a = world.make_dataset(6, seed=3, masks=True)
+    b = world.make_dataset(6, seed=3, masks=True)
+    for key in ("frames", "masks", "shape", "colour", "background", "motion", "centres", "sizes", "angles"):
+        np.testing.assert_array_equal(a[key], b[key])
+    assert a["captions"] == b["captions"] and a["params"] == b["params"]
+    c = world.make_dataset(6, seed=4)
+    assert not np.array_equal(a["frames"], c["frames"])
+
+
+def test_render_is_deterministic_given_params():
+    params = world.sample_params(np.random.default_rng(0))
+    a, b = world.render(params, 48, 5), world.render(params, 48, 5)
+    np.testing.assert_array_equal(a.frames, b.frames)
+    np.testing.assert_array_equal(a.masks, b.masks)
+
+
+@pytest.mark.parametrize("size,frames", [(32, 16), (48, 5), (20, 1)])
+def test_clip_shapes_and_dtypes(size, frames):
+    clip = world.sample_clip(np.random.default_rng(1), size=size, frames=frames)
+    assert clip.frames.shape == (frames, size, size, 3) and clip.frames.dtype == np.uint8
+    assert clip.masks.shape == (frames, size, size) and clip.masks.dtype == bool
+    assert clip.centres.shape == (frames, 2) and clip.centres.dtype == np.float32
+    assert clip.sizes.shape == (frames,) and clip.sizes.dtype == np.float32
+    assert clip.angles.shape == (frames,) and clip.angles.dtype == np.float32
+    assert clip.masks.any(axis=(1, 2)).all()
+
+
+def test_dataset_layout():
+    data = world.make_dataset(5, seed=0, size=24, frames=4)
+    assert data["frames"].shape == (5, 4, 24, 24, 3) and data["frames"].dtype == np.uint8
+    assert data["centres"].shape == (5, 4, 2) and data["sizes"].shape == (5, 4) and data["angles"].shape == (5, 4)
+    assert "masks" not in data and len(data["captions"]) == 5
+    for i, params in enumerate(data["params"]):
+        assert world.SHAPES[data["shape"][i]] == params.shape
+        assert list(world.COLOURS)[data["colour"][i]] == params.colour
+        assert list(world.BACKGROUNDS)[data["background"][i]] == params.background
+        assert world.MOTIONS[data["motion"][i]] == params.motion
+        assert data["shape"].dtype == np.int64
+
+
+def test_centre_from_mask_convention():
+    mask = np.zeros((5, 6), bool)
+    mask[2, 3] = True                        # row 2, column 3: the pixel's centre is (3.5, 2.5)
+    np.testing.assert_allclose(world.centre_from_mask(mask), [3.5, 2.5])
+    mask[2, 4] = True
+    np.testing.assert_allclose(world.centre_from_mask(mask), [4.0, 2.5])
+    assert np.isnan(world.centre_from_mask(np.zeros((4, 4), bool))).all()
+    assert world.centre_from_mask(np.zeros((3, 4, 4), bool)).shape == (3, 2)
+
+
+def test_centres_match_mask_centroids_at_64():
+    rng = np.random.default_rng(2)
+    errors = []
+    for _ in range(40):
+        clip = world.render(_static(world.sample_params(rng)), size=64)
+        errors.append(np.linalg.norm(world.centre_from_mask(clip.masks) - clip.centres, axis=1))
+    errors = np.concatenate(errors)
+    assert np.median(errors) < 0.3, np.median(errors)
+    assert np.percentile(errors, 95) < 0.4
+
+
+def test_static_object_at_rest_is_centred():
+    for shape in world.SHAPES:
+        params = world.ClipParams(shape, "red", "black", "linear", x0=0.53, y0=0.41, size0=0.2)
+        clip = world.render(params, size=64, frames=1)
+        np.testing.assert_allclose(clip.centres[0], [0.53 * 64, 0.41 * 64], atol=1e-4)
+        assert np.linalg.norm(world.centre_from_mask(clip.masks[0]) - clip.centres[0]) < 0.3, shape
+
+
+def test_objects_stay_inside_the_frame():
+    data = world.make_dataset(200, seed=5)
+    reach = data["sizes"][..., None]
+    assert (data["centres"] - reach >= -1e-3).all() and (data["centres"] + reach <= 32 + 1e-3).all()
+    assert 4.0 <= data["sizes"].min() and data["sizes"].max() <= 8.01      # 8 to 16 px across at 32x32
+
+
+@pytest.mark.parametrize("background", list(world.BACKGROUNDS))
+def test_object_and_background_colours(background):
+    """Every pixel is the object colour blended over the background, at least half object inside the mask."""
+    bg = np.array(world.BACKGROUNDS[background], np.float64)
+    kernel = np.ones((3, 3), np.uint8)
+    for colour in world.allowed_colours(background):
+        obj = np.array(world.COLOURS[colour], np.float64)
+        params = world.sample_params(np.random.default_rng(len(colour)), colour=colour, background=background)
+        clip = world.render(params, size=64, frames=3)
+        for frame, mask in zip(clip.frames, clip.masks):
+            alpha = (frame - bg) @ (obj - bg) / ((obj - bg) @ (obj - bg))               # (H, W) blend weight
+            residual = frame - (bg + alpha[..., None] * (obj - bg))
+            assert np.abs(residual).max() < 1.0
+            assert (alpha[mask] >= 0.5 - 1e-2).all() and (alpha[~mask] < 0.5 + 1e-2).all()
+            assert (frame[mask] == obj).all(axis=-1).mean() > 0.5
+            outer = ~cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
+            assert outer.any() and (frame[outer] == bg).all()
+
+
+def test_forbidden_pairs_are_the_low_contrast_ones_and_never_sampled():
+    for colour, background in itertools.product(world.COLOURS, world.BACKGROUNDS):
+        contrast = np.linalg.norm(_lab(world.COLOURS[colour]) - _lab(world.BACKGROUNDS[background]))
+        assert ((colour, background) in world.FORBIDDEN) == (contrast < world.MIN_CONTRAST), (colour, background)
+    for a, b in itertools.combinations(world.COLOURS.values(), 2):
+        assert np.linalg.norm(_lab(a) - _lab(b)) > 40
+    with pytest.raises(ValueError):
+        world.sample_params(np.random.default_rng(0), colour="blue", background="navy")
+    rng = np.random.default_rng(6)
+    assert all((p.colour, p.background) not in world.FORBIDDEN for p in (world.sample_params(rng) for _ in range(500)))
+
+
+def test_sampling_is_balanced():
+    rng = np.random.default_rng(7)
+    params = [world.sample_params(rng) for _ in range(3000)]
+    for field, names in (("shape", world.SHAPES), ("colour", world.COLOURS), ("background", world.BACKGROUNDS),
+                         ("motion", world.MOTIONS)):
+        counts = np.array([sum(getattr(p, field) == name for p in params) for name in names])
+        expected = len(params) / len(names)
+        assert np.abs(counts - expected).max() < 0.2 * expected, (field, counts)
+    assert abs(np.mean([p.spin == 0 for p in params]) - 0.25) < 0.04
+    assert abs(np.mean([p.size_ratio == 1 for p in params]) - 0.3) < 0.04
+    np.testing.assert_allclose(world.PAIR_PROBABILITIES.sum(axis=1), 1 / len(world.COLOURS))
+    np.testing.assert_allclose(world.PAIR_PROBABILITIES.sum(axis=0), 1 / len(world.BACKGROUNDS))
+
+
+def test_fixing_one_attribute_keeps_the_others():
+    free = world.sample_params(np.random.default_rng(8))
+    shape = next(s for s in world.SHAPES if s != free.shape)
+    fixed = world.sample_params(np.random.default_rng(8), shape=shape)
+    assert fixed == dataclasses.replace(free, shape=shape)
+
+
+def test_invalid_params_are_rejected():
+    with pytest.raises(ValueError):
+        world.ClipParams("hexagon", "red", "black", "linear", 0.5, 0.5)
+    with pytest.raises(ValueError):
+        world.ClipParams("star", "red", "black", "teleport", 0.5, 0.5)
+    with pytest.raises(ValueError):
+        world.ClipParams("star", "red", "black", "pause", 0.5, 0.5, pause_start=0.6, pause_end=0.4)
+    with pytest.raises(ValueError):
+        world.sample_params(np.random.default_rng(0), colour="teal")
+
+
+def test_captions_use_the_vocabulary_and_parse_back():
+    vocabulary = world.vocabulary()
+    assert vocabulary == sorted(set(vocabulary))
+    assert all(word.isalpha() and word.islower() for word in vocabulary)
+    rng = np.random.default_rng(9)
+    cases = [world.sample_params(rng, motion=m) for m in world.MOTIONS for _ in range(3)]
+    cases += [world.ClipParams("star", "red", "white", "linear", 0.5, 0.5, dx=math.cos(a), dy=math.sin(a))
+              for a in np.arange(8) * math.pi / 4]
+    seen = set()
+    for params in cases:
+        for phrase in (False, True):
+            text = world.caption(params, motion_phrase=phrase)
+            assert set(text.split()) <= set(vocabulary), text
+            assert len(text.split()) <= 13
+            parsed = world.parse_caption(text)
+            assert parsed == {"colour": params.colour, "shape": params.shape, "background": params.background,
+                              "motion": params.motion if phrase else None}, text
+            seen.add(text)
+    assert "a red star moving left on a white background" in seen
+    assert "a red star moving up and right on a white background" in seen    # dy < 0 is up on screen
+
+
+def test_parse_caption_of_free_prompts():
+    assert world.parse_caption("A Yellow HEART, bouncing around on a navy background!") == {
+        "colour": "yellow", "shape": "heart", "background": "navy", "motion": "bounce"}
+    assert world.parse_caption("a star") == {"colour": None, "shape": "star", "background": None, "motion": None}
+    assert world.parse_caption("a square on a black background")["colour"] is None
+
+
+def test_sample_clip_motion_phrase_probability():
+    rng = np.random.default_rng(10)
+    never = [world.sample_clip(rng, size=8, frames=2, motion_phrase_prob=0.0).caption for _ in range(20)]
+    always = [world.sample_clip(rng, size=8, frames=2, motion_phrase_prob=1.0).caption for _ in range(20)]
+    assert all(world.parse_caption(c)["motion"] is None for c in never)
+    assert all(world.parse_caption(c)["motion"] is not None for c in always)
+
+
+def test_resolution_independence_32_vs_128():
+    rng = np.random.default_rng(11)
+    mask_errors = []
+    for _ in range(12):
+        params = _static(world.sample_params(rng))
+        small, large = world.render(params, 32), world.render(params, 128)
+        np.testing.assert_allclose(small.centres * 4, large.centres, atol=1e-3)
+        np.testing.assert_allclose(small.sizes * 4, large.sizes, rtol=1e-5)
+        mask_errors.append(np.linalg.norm(world.centre_from_mask(small.masks) * 4
+                                          - world.centre_from_mask(large.masks), axis=1))
+    assert np.median(np.concatenate(mask_errors)) < 0.5     # pixels at 128
+
+
+@pytest.mark.parametrize("motion", world.MOTIONS)
+def test_every_motion_moves(motion):
+    rng = np.random.default_rng(12)
+    for _ in range(10):
+        clip = world.render(world.sample_params(rng, motion=motion), 32)
+        steps = np.linalg.norm(np.diff(clip.centres, axis=0), axis=1)            # px per frame
+        observed = np.linalg.norm(np.diff(world.centre_from_mask(clip.masks), axis=0), axis=1)
+        assert steps.mean() > 0.2 and observed.mean() > 0.2, motion
+        assert steps.max() < 3.0, motion                                          # smooth
+        if motion == "pause":
+            assert steps.min() < 1e-6
+
+
+def test_bounce_reflects_off_the_walls():
+    params = world.sample_params(np.random.default_rng(13), motion="bounce")
+    t = np.linspace(0, 1, 1001)
+    centre = world.trajectory(params, t)
+    margin = params.max_size
+    assert (centre >= margin - 1e-9).all() and (centre <= 1 - margin + 1e-9).all()
+    velocity = np.diff(centre, axis=0)
+    assert (np.sign(velocity[1:]) != np.sign(velocity[:-1])).any()             # at least one bounce
+    np.testing.assert_allclose(np.abs(velocity).sum(axis=0), np.abs([params.dx, params.dy]), rtol=0.01)
+
+
+def test_size_change_and_rotation_ground_truth():
+    params = world.ClipParams("square", "green", "white", "linear", 0.5, 0.5, size0=0.15, size_ratio=1.5,
+                              angle0=0.1, spin=1.0)
+    clip = world.render(params, 64, 5)
+    np.testing.assert_allclose(clip.sizes, 0.15 * 64 * 1.5 ** np.linspace(0, 1, 5), rtol=1e-5)
+    np.testing.assert_allclose(clip.angles, 0.1 + np.linspace(0, 1, 5), rtol=1e-5)
+    areas = clip.masks.sum(axis=(1, 2))
+    assert (np.diff(areas) > 0).all()
+    np.testing.assert_allclose(areas, 2 * clip.sizes ** 2, rtol=0.1)      # a square of circumradius r: area 2 r^2
+
+
+def test_rotation_is_rendered():
+    spin = math.pi / 2                                                        # 18 degrees per frame at 6 frames
+    star = world.ClipParams("star", "red", "black", "linear", 0.5, 0.5, size0=0.3, spin=spin)
+    masks = world.render(star, 64, 6).masks
+    assert all(_iou(a, b) < 0.95 for a, b in zip(masks[:-1], masks[1:]))
+    ahead = world.ClipParams("star", "red", "black", "linear", 0.5, 0.5, size0=0.3, angle0=spin / 5)
+    assert _iou(world.render(ahead, 64, 1).masks[0], masks[1]) > 0.97        # frame 1 is the star turned by 18 deg
+    circle = dataclasses.replace(star, shape="circle")
+    circle_masks = world.render(circle, 64, 6).masks
+    assert (circle_masks == circle_masks[0]).all()
+
+
+def test_shapes_are_distinguishable():
+    masks = {shape: world.render(world.ClipParams(shape, "red", "black", "linear", 0.5, 0.5, size0=0.3), 64, 1)
+             .masks[0] for shape in world.SHAPES}
+    for a, b in itertools.combinations(world.SHAPES, 2):
+        assert _iou(masks[a], masks[b]) < 0.9, (a, b, _iou(masks[a], masks[b]))
+
+
+def test_render_speed():
+    rng = np.random.default_rng(14)
+    start = time.perf_counter()
+    for _ in range(1000):
+        world.sample_clip(rng, size=32, frames=16)
+    elapsed = time.perf_counter() - start
+    print(f"world: {1000 / elapsed:.0f} clips/s at 32x32x16")
+    assert elapsed < 10.0
