@@ -1,5 +1,6 @@
 """Guided sampling: the window, the learning rates, restart, determinism, the optimisation itself."""
 
+import pytest
 import torch
 
 from motiontransfer.inversion import sampling_timesteps
@@ -37,7 +38,7 @@ def test_guidance_moves_the_latent_and_counts_its_work():
                                iterations=5, learning_rate=(0.1, 0.05), progress=False)
     assert counts["source"] == 3
     assert [s.t for s in history.guided] == [901, 801, 701]
-    assert [s.lr for s in history.guided] == [0.1, 0.075, 0.05]
+    assert [s.lr for s in history.guided] == pytest.approx([0.1, 0.075, 0.05])
     assert history.backward_passes == 15 and history.unet_passes == 10
     for s in history.guided:
         assert s.losses[-1] < s.losses[0]

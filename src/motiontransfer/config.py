@@ -8,6 +8,7 @@ command-line flags or API keyword arguments. Fields left at `None` are filled fr
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,11 @@ class TransferConfig:
     cpu_offload: bool = False                     # keep components on the CPU except while they run
 
     def __post_init__(self):
+        for name in _TUPLE_FIELDS:                  # lists (YAML, API) become tuples; one layer may be a string
+            object.__setattr__(self, name, _coerce(name, getattr(self, name)))
+        for name in ("model", "cache_dir"):         # paths are recorded as strings (run.json, cache keys)
+            if isinstance(getattr(self, name), os.PathLike):
+                object.__setattr__(self, name, os.fspath(getattr(self, name)))
         validate(self)
 
     def replace(self, **changes) -> "TransferConfig":
@@ -83,11 +89,28 @@ def _plain(value):
     return list(value) if isinstance(value, tuple) else value
 
 
+def _has_type(value, annotation: str) -> bool:
+    """Whether `value` fits a field annotation of this module ("int | None", "tuple[float, ...]"; ints are floats,
+    bools are not numbers)."""
+    if annotation.endswith(" | None"):
+        return value is None or _has_type(value, annotation[:-len(" | None")])
+    if annotation.startswith("tuple["):
+        item = annotation[len("tuple["):-1].split(",")[0].strip()
+        return isinstance(value, tuple) and all(_has_type(v, item) for v in value)
+    if isinstance(value, bool):
+        return annotation == "bool"
+    return {"int": isinstance(value, int), "float": isinstance(value, (int, float)),
+            "str": isinstance(value, str), "bool": False}.get(annotation, True)
+
+
 def validate(c: TransferConfig) -> None:
     def need(ok: bool, message: str):
         if not ok:
             raise ConfigError(message)
 
+    for f in fields(c):
+        value = getattr(c, f.name)
+        need(_has_type(value, f.type), f"option {f.name} must be {f.type}, got {value!r} ({type(value).__name__})")
     need(c.frames is None or c.frames >= 2, f"--frames must be at least 2, got {c.frames}")
     need(c.stride >= 1, f"--stride must be at least 1, got {c.stride}")
     need(c.start >= 0, f"--start must be 0 or more, got {c.start}")
@@ -99,6 +122,7 @@ def validate(c: TransferConfig) -> None:
     need(c.inversion_steps is None or c.inversion_steps >= c.steps,
          f"--inversion-steps ({c.inversion_steps}) must be at least --steps ({c.steps})")
     need(c.inversion_steps is None or c.inversion_steps <= 999, "--inversion-steps must be at most 999")
+    need(len(c.guidance_window) == 2, f"guidance window must be two fractions (start, end), got {c.guidance_window}")
     lo, hi = c.guidance_window
     need(0.0 <= lo <= hi <= 1.0, f"guidance window must satisfy 0 <= start <= end <= 1, got {c.guidance_window}")
     need(c.iterations >= 0, f"--iterations must be 0 or more, got {c.iterations}")
@@ -129,10 +153,11 @@ RUN_KEYS = {"output_dir", "overwrite"}   # run options a YAML file may also set
 
 
 def _coerce(name: str, value):
-    if name in _TUPLE_FIELDS and value is not None:
+    if name in _TUPLE_FIELDS:
         if isinstance(value, str):
-            value = [value]
-        return tuple(value)
+            return (value,)
+        if isinstance(value, list):
+            return tuple(value)
     return value
 
 

@@ -59,7 +59,7 @@ def ddim_invert(predict: PredictFn, x0: torch.Tensor, scheduler_config: dict, st
         for i, t in enumerate(tqdm(schedule, desc="inversion", disable=not progress, dynamic_ncols=True)):
             x = inverse.step(predict(x, t), t, x).prev_sample
             if t in keep:
-                kept[t] = x.clone()
+                kept[t] = x.clone(memory_format=torch.contiguous_format)
             if callback is not None:
                 callback(i, t)
     return kept

@@ -203,7 +203,8 @@ class TextToVideo:
         x = x.permute(0, 3, 1, 2).to(self.dtype).div(127.5).sub(1.0)            # (F, 3, H, W) in [-1, 1]
         chunk = 1 if self.vae_slicing else len(x)
         z = torch.cat([self.vae.encode(x[i:i + chunk]).latent_dist.mean for i in range(0, len(x), chunk)])
-        return (z * self.scaling_factor).permute(1, 0, 2, 3).unsqueeze(0)       # (1, C, F, h, w)
+        # contiguous: kernels round differently on other strides, and cached latents come back contiguous
+        return (z * self.scaling_factor).permute(1, 0, 2, 3).unsqueeze(0).contiguous()   # (1, C, F, h, w)
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> np.ndarray:

@@ -1,0 +1,182 @@
+"""Model loading and the adapter: the tiny checkpoint through the real path, and ZeroScope's UNet on the meta device."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from motiontransfer import models
+from motiontransfer.config import DEFAULT_LAYERS
+from motiontransfer.features import FeatureHooks
+from motiontransfer.models import DEFAULT_FRAMES, ModelDefaults, load_model, model_identity
+
+from conftest import build_tiny_model, moving_square
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    return load_model(str(tiny_model), device="cpu")
+
+
+# ------------------------------------------------------------------------------------------------- loading
+
+def test_components_are_frozen_in_eval_mode_fp32_on_cpu(model):
+    assert model.device == torch.device("cpu") and model.dtype == torch.float32
+    for component in (model.unet, model.vae, model.text_encoder):
+        assert not component.training
+        assert all(not m.training for m in component.modules())
+        params = list(component.parameters())
+        assert params and not any(p.requires_grad for p in params)
+        assert {p.dtype for p in params} == {torch.float32}
+        assert {p.device.type for p in params} == {"cpu"}
+    assert model.scheduler_config["num_train_timesteps"] == 1000
+
+
+def test_identity_is_stable_across_loads_and_copies(tiny_model, model, tmp_path):
+    again = load_model(str(tiny_model), device="cpu")
+    assert again.identity == model.identity
+    copy = shutil.copytree(tiny_model, tmp_path / "elsewhere" / tiny_model.name)
+    assert load_model(str(copy), device="cpu").identity == model.identity
+    # the hash part names the weights alone, not the folder they sit in
+    renamed = shutil.copytree(tiny_model, tmp_path / "renamed")
+    assert model_identity(renamed) == model_identity(tiny_model) == model.identity.rsplit("-", 1)[1]
+
+
+def test_identity_differs_for_other_weights(model, tmp_path):
+    other = build_tiny_model(tmp_path / "model", seed=1)
+    assert load_model(str(other), device="cpu").identity != model.identity
+
+
+def test_defaults_come_from_motiontransfer_json(model):
+    assert model.defaults == ModelDefaults(width=32, height=32, frames=4, fps=8.0, negative_prompt="")
+
+
+def test_defaults_without_motiontransfer_json_come_from_the_configs(tmp_path):
+    # UNet sample_size 4 latent pixels x VAE factor 4 = 16 pixels; frames: ZeroScope's 24
+    path = build_tiny_model(tmp_path / "plain", size=16, with_defaults=False)
+    loaded = load_model(str(path), device="cpu")
+    assert loaded.unet.config.sample_size == 4 and loaded.vae_scale == 4
+    assert loaded.defaults == ModelDefaults(width=16, height=16, frames=DEFAULT_FRAMES)
+    assert DEFAULT_FRAMES == 24
+
+
+# ------------------------------------------------------------------------------------------- pixels, latents
+
+def test_encode_and_decode_shapes(model):
+    frames = moving_square(3, 32)
+    latents = model.encode_frames(frames)
+    assert latents.shape == (1, 4, 3, 8, 8) and latents.dtype == torch.float32
+    assert torch.isfinite(latents).all()
+    decoded = model.decode_latents(latents)
+    assert decoded.shape == (3, 32, 32, 3) and decoded.dtype == np.uint8
+
+
+def test_encoding_is_per_frame_and_deterministic(model):
+    frames = moving_square(3, 32)
+    latents = model.encode_frames(frames)
+    assert torch.equal(latents, model.encode_frames(frames))
+    # frame f's latent depends on frame f alone, and lands at index f of the frame axis
+    assert torch.allclose(model.encode_frames(frames[1:2])[:, :, 0], latents[:, :, 1], atol=1e-5)
+    assert not torch.allclose(latents[:, :, 0], latents[:, :, 2])
+
+
+def test_vae_slicing_gives_the_same_result(model):
+    frames = moving_square(3, 32)
+    try:
+        model.vae_slicing = False
+        whole = model.encode_frames(frames)
+        whole_pixels = model.decode_latents(whole)
+        model.vae_slicing = True
+        sliced = model.encode_frames(frames)
+        sliced_pixels = model.decode_latents(whole)
+    finally:
+        model.vae_slicing = False
+    assert torch.allclose(whole, sliced, atol=1e-5)
+    assert np.abs(whole_pixels.astype(int) - sliced_pixels).max() <= 1
+
+
+# ------------------------------------------------------------------------------------------------- predict
+
+def _inputs(model):
+    x = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond, uncond = model.encode_prompts(["a green star", ""])[:, None]
+    return x, cond, uncond
+
+
+def test_prompt_embeddings_shape(model):
+    embeddings = model.encode_prompts(["a red star", "a blue circle on a white background"])
+    assert embeddings.shape == (2, model.tokenizer.model_max_length, model.text_encoder.config.hidden_size)
+    assert not torch.allclose(embeddings[0], embeddings[1])
+
+
+def test_predict_at_scale_1_is_the_conditional_output(model):
+    x, cond, uncond = _inputs(model)
+    direct = model.unet(x, 501, encoder_hidden_states=cond).sample
+    assert direct.shape == x.shape
+    assert torch.allclose(model.predict(x, 501, cond), direct, atol=1e-6)
+    assert torch.allclose(model.predict(x, 501, cond, uncond, scale=1.0), direct, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [0.0, 7.5])
+def test_predict_with_cfg_is_uncond_plus_scaled_difference(model, scale):
+    x, cond, uncond = _inputs(model)
+    out_cond = model.predict(x, 501, cond)
+    out_uncond = model.predict(x, 501, uncond)
+    assert (out_cond - out_uncond).abs().max() > 1e-4, "the prompts must make a difference for this test"
+    expected = out_uncond + scale * (out_cond - out_uncond)
+    assert torch.allclose(model.predict(x, 501, cond, uncond, scale=scale), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_features_are_split_into_batch_and_frames(model):
+    x, cond, _ = _inputs(model)
+    with FeatureHooks(model.unet, DEFAULT_LAYERS) as hooks:
+        features = model.features(hooks, x, 501, cond)
+    assert list(features) == list(DEFAULT_LAYERS)
+    for name, f in features.items():
+        assert f.shape[:3] == (1, 3, 16), name        # (B, F, D, h, w); up_blocks.1 of the tiny UNet has 16 channels
+    # latent 8x8 -> down to 2x2; up_blocks.1 works at 4x4 and upsamples to 8x8
+    assert features["up_blocks.1.temp_convs.1"].shape[-2:] == (4, 4)
+    assert features["up_blocks.1.upsamplers.0"].shape[-2:] == (8, 8)
+
+
+# -------------------------------------------------------------------------------------- ZeroScope architecture
+
+@pytest.fixture(scope="module")
+def zeroscope_unet():
+    from diffusers import UNet3DConditionModel
+
+    with torch.device("meta"):
+        return UNet3DConditionModel(**models.ZEROSCOPE_UNET_CONFIG)
+
+
+def test_zeroscope_has_the_hooked_layers(zeroscope_unet):
+    from diffusers.models.unets.unet_3d_blocks import CrossAttnUpBlock3D
+
+    names = dict(zeroscope_unet.named_modules())
+    assert all(name in names for name in DEFAULT_LAYERS)
+    block = zeroscope_unet.up_blocks[1]
+    assert isinstance(block, CrossAttnUpBlock3D)
+    assert block.resnets[1].conv2.out_channels == 1280 and block.upsamplers[0].channels == 1280
+    # ~1.4 G parameters, as the released checkpoint: the config is ZeroScope's and not a small look-alike
+    assert 1.3e9 < sum(p.numel() for p in zeroscope_unet.parameters()) < 1.5e9
+
+
+def test_zeroscope_truncated_pass_stops_after_up_blocks_1(zeroscope_unet):
+    ran = {"up_blocks.2": 0, "conv_out": 0, "up_blocks.1": 0}
+    handles = [zeroscope_unet.get_submodule(name).register_forward_hook(
+        lambda *args, name=name: ran.__setitem__(name, ran[name] + 1)) for name in ran]
+    try:
+        x = torch.empty(1, 4, 24, 40, 72, device="meta")                  # (B, C, F, h, w): 576x320 pixels
+        text = torch.empty(1, 77, 1024, device="meta")
+        with torch.no_grad(), FeatureHooks(zeroscope_unet, DEFAULT_LAYERS) as hooks:
+            features = hooks.run(zeroscope_unet, x, 981, encoder_hidden_states=text)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert ran == {"up_blocks.2": 0, "conv_out": 0, "up_blocks.1": 0}    # the pass stops inside up_blocks.1
+    assert {name: tuple(f.shape) for name, f in features.items()} == {
+        "up_blocks.1.resnets.1.conv2": (24, 1280, 10, 18),               # (B*F, D, h, w) at 1/32 of the pixels
+        "up_blocks.1.temp_convs.1": (24, 1280, 10, 18),
+        "up_blocks.1.upsamplers.0": (24, 1280, 20, 36),
+    }

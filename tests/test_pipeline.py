@@ -1,0 +1,88 @@
+"""End to end on a tiny random checkpoint: determinism, the guidance at work, shared inversion, analysis."""
+
+import json
+
+import numpy as np
+import pytest
+
+import motiontransfer
+from motiontransfer.pipeline import generate, get_model, fill_from_model, load_source
+from motiontransfer.config import TransferConfig
+
+from conftest import moving_square
+
+
+@pytest.fixture()
+def opts(tiny_model, tmp_path):
+    return {"model": str(tiny_model), "steps": 6, "cache_dir": str(tmp_path / "cache"), "quiet": True}
+
+
+def test_same_seed_same_frames_other_seed_other_frames(opts):
+    video = moving_square()
+    a = motiontransfer.transfer(video, "a green star", output_dir=False, seed=3, **opts)
+    b = motiontransfer.transfer(video, "a green star", output_dir=False, seed=3, **opts)
+    c = motiontransfer.transfer(video, "a green star", output_dir=False, seed=4, **opts)
+    assert a.frames.shape == (4, 32, 32, 3) and a.frames.dtype == np.uint8
+    assert np.array_equal(a.frames, b.frames)
+    assert not np.array_equal(a.frames, c.frames)
+    assert b.inversion_cached and a.seed == 3
+
+
+def test_seed_is_drawn_and_recorded_when_not_given(opts, tmp_path):
+    r = motiontransfer.transfer(moving_square(), "a green star", output_dir=tmp_path / "out", **opts)
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["seed"] == r.seed and isinstance(r.seed, int)
+    again = motiontransfer.transfer(moving_square(), "a green star", output_dir=False, seed=r.seed, **opts)
+    assert np.array_equal(again.frames, r.frames)
+
+
+def test_guidance_lowers_the_loss_on_average(opts):
+    r = motiontransfer.transfer(moving_square(), "a blue circle", output_dir=False, seed=0, iterations=8,
+                                guidance_window=(0.0, 0.5), **opts)
+    steps = r.history.guided
+    assert len(steps) == 3 and all(len(s.losses) == 8 for s in steps)
+    before = np.mean([s.losses[0] for s in steps])
+    after = np.mean([s.losses[-1] for s in steps])
+    assert after < before
+    # source features once per guided timestep; the target side once per iteration
+    assert r.counts["unet_truncated_forward"] == 3 + 3 * 8 and r.counts["unet_backward"] == 24
+
+
+def test_prompts_share_inversion_and_source_features(opts):
+    results = motiontransfer.transfer(moving_square(), ["a green star", "a blue circle"], output_dir=False, seed=0,
+                                      **opts)
+    assert [r.prompt for r in results] == ["a green star", "a blue circle"]
+    counts = results[-1].counts
+    guided = len(results[0].history.guided)
+    assert counts["unet_truncated_forward"] == guided + 2 * guided * 10      # source side counted once
+    single = motiontransfer.transfer(moving_square(), "a blue circle", output_dir=False, seed=0, **opts)
+    assert np.array_equal(single.frames, results[1].frames)          # the single run reads the cache
+
+
+def test_no_inversion_needed_for_unguided_random_init(opts, tiny_model):
+    cfg = TransferConfig(model=str(tiny_model), steps=4, init="random", iterations=0, seed=1,
+                         cache_dir=opts["cache_dir"])
+    model = get_model(cfg)
+    cfg = fill_from_model(cfg, model)
+    r = generate(model, load_source(moving_square(), cfg, 8.0), ["a red star"], cfg, progress=False)[0]
+    assert r.counts["unet_forward"] == 4 * 2 and r.counts["unet_truncated_forward"] == 0
+    assert "inversion" not in r.timings
+
+
+def test_reference_preset_runs_long_inversion_and_restart(opts):
+    r = motiontransfer.transfer(moving_square(), "a green star", output_dir=False, seed=0, preset="reference",
+                                iterations=1, **{**opts, "steps": 4})
+    assert r.config.inversion_steps == 999 and r.config.restart
+    assert r.history.restarts == 3 and r.history.unet_passes == 7
+    assert r.counts["unet_forward"] >= 750          # inversion up to t = 751 with 999 steps
+
+
+@pytest.mark.parametrize("target", ["features", "smm"])
+def test_analyze_writes_one_video_per_seed(opts, tmp_path, target):
+    results = motiontransfer.analyze(moving_square(), target=target, seeds=2, output_dir=tmp_path / target,
+                                     **opts)
+    assert [r.seed for r in results] == [0, 1]
+    for seed in (0, 1):
+        assert (tmp_path / target / f"seed-{seed}" / "result.mp4").exists()
+        assert json.loads((tmp_path / target / f"seed-{seed}" / "run.json").read_text())["analysis"] == target
+    assert not np.array_equal(results[0].frames, results[1].frames)
