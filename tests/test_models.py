@@ -67,6 +67,8 @@ def test_encode_and_decode_shapes(model):
     frames = moving_square(3, 32)
     latents = model.encode_frames(frames)
     assert latents.shape == (1, 4, 3, 8, 8) and latents.dtype == torch.float32
+    # contiguous, like latents read back from the inversion cache: kernels round differently on other strides
+    assert latents.is_contiguous()
     assert torch.isfinite(latents).all()
     decoded = model.decode_latents(latents)
     assert decoded.shape == (3, 32, 32, 3) and decoded.dtype == np.uint8

@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 from .config import PRESETS, TransferConfig  # noqa: E402
 from .errors import MotionTransferError  # noqa: E402
-from .pipeline import TransferResult, analyze, invert, transfer  # noqa: E402
+from .pipeline import TransferResult, analyze, invert, text_to_video, transfer  # noqa: E402
 
-__all__ = ["transfer", "invert", "analyze", "TransferResult", "TransferConfig", "PRESETS", "MotionTransferError",
+__all__ = ["transfer", "invert", "analyze", "text_to_video", "TransferResult", "TransferConfig", "PRESETS", "MotionTransferError",
            "__version__"]

@@ -186,9 +186,17 @@ def needs_inversion(config: TransferConfig) -> bool:
     return config.init != "random" or guided
 
 
-def generate(model: TextToVideo, source: Video, prompts: list[str], config: TransferConfig, *,
+def generate(model: TextToVideo, source: Video | None, prompts: list[str], config: TransferConfig, *,
              progress: bool = True, timer: Timer | None = None) -> list[TransferResult]:
-    """The method on preprocessed frames, for one or more target prompts sharing inversion and source features."""
+    """The method on preprocessed frames, for one or more target prompts sharing inversion and source features.
+
+    With `source=None` this is plain text-to-video (random init, no guidance): the baseline.
+    """
+    if source is None:
+        if needs_inversion(config):
+            raise ConfigError("plain text-to-video needs init='random' and no guidance")
+        blank = np.zeros((config.frames, config.height, config.width, 3), np.uint8)
+        source = Video(frames=blank, fps=model.defaults.fps, source="<none>")
     timer = timer or Timer()
     counts = {"unet_forward": 0, "unet_truncated_forward": 0, "unet_backward": 0}
     timesteps = sampling_timesteps(model.scheduler_config, config.steps)
@@ -310,6 +318,19 @@ def transfer(video: str | Path | np.ndarray, prompt: str | list[str], *, output_
     return results[0] if isinstance(prompt, str) else results
 
 
+def text_to_video(prompt: str, *, quiet: bool = True, config: TransferConfig | None = None,
+                  **options) -> TransferResult:
+    """Plain generation from the prompt: random initial latent, no guidance, no source video (the baseline)."""
+    if not prompt or not prompt.strip():
+        raise ConfigError("the prompt is empty")
+    cfg = (config or TransferConfig()).replace(**options, init="random", iterations=0)
+    model = get_model(cfg)
+    cfg = fill_from_model(cfg, model)
+    result = generate(model, None, [prompt], cfg, progress=not quiet)[0]
+    result.record = run_record(result, model, "<none>")
+    return result
+
+
 def invert(video: str | Path | np.ndarray, *, quiet: bool = False, preset: str | None = None,
            config: str | Path | TransferConfig | None = None, fps: float | None = None, **options) -> dict:
     """Fills the inversion cache for `video`; returns where it is and whether it was there already."""
@@ -365,4 +386,4 @@ def _config(preset, config, options) -> tuple[TransferConfig, dict]:
     return resolve(preset, config, options)
 
 
-__all__ = ["transfer", "invert", "analyze", "generate", "TransferResult", "get_model"]
+__all__ = ["transfer", "invert", "analyze", "text_to_video", "generate", "TransferResult", "get_model"]
