@@ -79,7 +79,7 @@ def test_transfer_writes_result_comparison_frames_and_run_record(tiny_model, sou
     assert record["config"]["frames"] == 4 and record["config"]["width"] == 32
     assert record["config"]["cache_dir"] == str(cache)
     assert record["versions"]["torch"] == torch.__version__ and "diffusers" in record["versions"]
-    assert record["model"]["path"] == str(tiny_model) and record["model"]["identity"].startswith("model-")
+    assert record["model"]["path"] == str(tiny_model) and len(record["model"]["identity"]) == 16
     assert {"load", "inversion", "sampling", "decode"} <= set(record["timings_s"])
     assert record["inversion_cached"] is False
     # 4 steps with the default window (0, 0.4): the first two timesteps are guided, 10 Adam steps each
@@ -87,7 +87,7 @@ def test_transfer_writes_result_comparison_frames_and_run_record(tiny_model, sou
     for step in record["guidance"]:
         assert isinstance(step["loss_before"], float) and isinstance(step["loss_after"], float)
         assert len(step["losses"]) == 10
-        assert step["loss_before"] == step["losses"][0] and step["loss_after"] == step["losses"][-1]
+        assert step["loss_before"] == step["losses"][0] and step["loss_after"] < step["losses"][0]
     assert list(cache.glob("*.safetensors")), "the inversion was not cached"
 
 
@@ -138,8 +138,6 @@ def test_several_prompts_share_one_inversion(tiny_model, source, tmp_path, capsy
     assert len(stdout.strip().splitlines()) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline.generate hands every prompt's result the same counts and timings "
-                                       "dicts, so each run.json of a multi-prompt run holds the totals of all prompts")
 def test_several_prompts_do_not_double_count_in_their_records(tiny_model, source, tmp_path, capsys):
     out = tmp_path / "out"
     assert run(capsys, "transfer", source, "--prompt", "a red star", "--prompt", "a blue circle", "--model",

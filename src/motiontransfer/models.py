@@ -151,7 +151,7 @@ def read_defaults(path: Path, unet_config, vae_config) -> ModelDefaults:
         return ModelDefaults(width=int(data["width"]), height=int(data["height"]), frames=int(data["frames"]),
                              fps=float(data.get("fps", DEFAULT_FPS)), negative_prompt=data.get("negative_prompt"))
     for key, (w, h, f) in KNOWN_SIZES.items():
-        if key in str(path):
+        if key in path.name or key in path.parent.parent.name:      # a folder, or a hub cache snapshot
             return ModelDefaults(width=w, height=h, frames=f)
     scale = 2 ** (len(vae_config.block_out_channels) - 1)
     size = unet_config.sample_size
@@ -260,7 +260,7 @@ def load_model(model: str | None = None, *, device: str = "auto", dtype: str = "
                          ) from None
     for m in (unet, vae, text_encoder):
         m.requires_grad_(False).eval().to(dev)
-    identity = f"{path.name}-{model_identity(path)}"
+    identity = model_identity(path)
     defaults = read_defaults(path, unet.config, vae.config)
     logger.info("loaded %s (%s) on %s in %s", path, identity, dev, torch_dtype)
     return TextToVideo(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,

@@ -26,7 +26,7 @@ import torch
 
 from . import __version__
 from .config import REFERENCE_NEGATIVE_PROMPT, TransferConfig, resolve
-from .errors import ConfigError, OutputError
+from .errors import ConfigError, OutputError, VideoError
 from .features import FeatureHooks
 from .initialization import initial_latent
 from .inversion import InversionCache, ddim_invert, sampling_timesteps
@@ -104,6 +104,11 @@ def load_source(video: str | Path | Video | np.ndarray, config: TransferConfig, 
     if frames.shape[1:3] != (config.height, config.width):
         frames = resize_frames(frames, config.width, config.height, config.resize)
     return Video(frames=frames, fps=video.fps, source=video.source)
+
+
+def check_video_path(video) -> None:
+    if isinstance(video, (str, Path)) and not Path(video).exists():
+        raise VideoError(f"{video} does not exist")
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -190,49 +195,54 @@ def generate(model: TextToVideo, source: Video | None, prompts: list[str], confi
              progress: bool = True, timer: Timer | None = None) -> list[TransferResult]:
     """The method on preprocessed frames, for one or more target prompts sharing inversion and source features.
 
-    With `source=None` this is plain text-to-video (random init, no guidance): the baseline.
+    With `source=None` this is plain text-to-video (random init, no guidance): the baseline. Work shared by
+    the prompts (encoding, inversion, source features) is timed and counted in the first prompt's record.
     """
     if source is None:
         if needs_inversion(config):
             raise ConfigError("plain text-to-video needs init='random' and no guidance")
         blank = np.zeros((config.frames, config.height, config.width, 3), np.uint8)
         source = Video(frames=blank, fps=model.defaults.fps, source="<none>")
-    timer = timer or Timer()
-    counts = {"unet_forward": 0, "unet_truncated_forward": 0, "unet_backward": 0}
+    shared_timer = timer or Timer()
+    shared = new_counts()
     timesteps = sampling_timesteps(model.scheduler_config, config.steps)
     guided = guidance_timesteps(timesteps, config.guidance_window) if config.iterations > 0 else []
-    inverted = None
-    if needs_inversion(config):
-        inverted = invert_latents(model, source.frames, config, sorted(set(guided) | {timesteps[0]}),
-                                  progress=progress, timer=timer, counts=counts)
-    source_cond = model.encode_prompts([config.source_prompt])
-    uncond = model.encode_prompts([config.negative_prompt])
     weights = dict(zip(config.layers, config.layer_weights)) if config.layer_weights else None
     source_features: dict[int, dict[str, torch.Tensor]] = {}     # per t, shared by every prompt
     results = []
+    # hooks first: a wrong layer name fails before the inversion is paid for
     with FeatureHooks(model.unet, config.layers, stop_early=True) as hooks:
-        for p_index, prompt in enumerate(prompts):
+        inverted = None
+        if needs_inversion(config):
+            inverted = invert_latents(model, source.frames, config, sorted(set(guided) | {timesteps[0]}),
+                                      progress=progress, timer=shared_timer, counts=shared)
+        with shared_timer("text"):
+            source_cond = model.encode_prompts([config.source_prompt])
+            uncond = model.encode_prompts([config.negative_prompt])
+
+        def source_side(t: int) -> dict[str, torch.Tensor]:
+            if t not in source_features:
+                with torch.no_grad():
+                    shared["unet_truncated_forward"] += 1
+                    source_features[t] = reduce_source(
+                        config.loss, model.features(hooks, inverted.latents[t], t, source_cond))
+            return source_features[t]
+
+        for prompt in prompts:
+            timer = shared_timer if not results else Timer()
+            counts = shared if not results else new_counts()
             cond = model.encode_prompts([prompt])
             generator = torch.Generator().manual_seed(config.seed)
 
-            def source_side(t: int) -> dict[str, torch.Tensor]:
-                if t not in source_features:
-                    with torch.no_grad():
-                        counts["unet_truncated_forward"] += 1
-                        source_features[t] = reduce_source(
-                            config.loss, model.features(hooks, inverted.latents[t], t, source_cond))
-                return source_features[t]
-
-            def guidance(t: int, cond=cond):
+            def guidance(t: int, cond=cond, counts=counts):
                 src = source_side(t)
 
                 def loss(x):
                     counts["unet_truncated_forward"] += 1
-                    counts["unet_backward"] += 1
                     return motion_loss(config.loss, src, model.features(hooks, x, t, cond), weights)
                 return loss
 
-            def predict(x, t, cond=cond):
+            def predict(x, t, cond=cond, counts=counts):
                 counts["unet_forward"] += 2 if config.guidance_scale != 1.0 else 1
                 return model.predict(x, t, cond, uncond, config.guidance_scale)
 
@@ -245,6 +255,7 @@ def generate(model: TextToVideo, source: Video | None, prompts: list[str], confi
                                             guidance=guidance, guided=guided, iterations=config.iterations,
                                             learning_rate=config.learning_rate, restart=config.restart,
                                             generator=generator, progress=progress)
+            counts["unet_backward"] += history.backward_passes
             with timer("decode"):
                 frames = model.decode_latents(x0)
             results.append(TransferResult(frames=frames, prompt=prompt, fps=source.fps, seed=config.seed,
@@ -252,6 +263,11 @@ def generate(model: TextToVideo, source: Video | None, prompts: list[str], confi
                                           history=history, inversion_cached=bool(inverted and inverted.cached),
                                           source=source.frames))
     return results
+
+
+def new_counts() -> dict[str, int]:
+    """UNet work: full passes (a CFG pass counts its batch of 2), truncated passes, backward passes."""
+    return {"unet_forward": 0, "unet_truncated_forward": 0, "unet_backward": 0}
 
 
 def run_record(result: TransferResult, model: TextToVideo, video_source: str) -> dict:
@@ -262,7 +278,7 @@ def run_record(result: TransferResult, model: TextToVideo, video_source: str) ->
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()}, "counts": result.counts,
         "inversion_cached": result.inversion_cached,
         "guidance": [{"t": s.t, "lr": s.lr, "loss_before": s.losses[0] if s.losses else None,
-                      "loss_after": s.losses[-1] if s.losses else None, "losses": s.losses}
+                      "loss_after": s.loss_after, "losses": s.losses}
                      for s in result.history.guided],
         "unet_passes": {"sampling": result.history.unet_passes, "restarts": result.history.restarts},
     }
@@ -296,6 +312,7 @@ def transfer(video: str | Path | np.ndarray, prompt: str | list[str], *, output_
     cfg, run = _config(preset, config, options)
     output_dir = run.get("output_dir", output_dir)
     overwrite = bool(run.get("overwrite", overwrite))
+    check_video_path(video)                       # before the (possibly long) model load
     timer = Timer()
     with timer("load"):
         model = get_model(cfg)
@@ -341,7 +358,7 @@ def invert(video: str | Path | np.ndarray, *, quiet: bool = False, preset: str |
     timesteps = sampling_timesteps(model.scheduler_config, cfg.steps)
     keep = sorted(set(guidance_timesteps(timesteps, cfg.guidance_window)) | {timesteps[0]})
     timer = Timer()
-    counts = {"unet_forward": 0}
+    counts = new_counts()
     inverted = invert_latents(model, source.frames, cfg.replace(use_cache=True), keep, progress=not quiet,
                               timer=timer, counts=counts)
     return {"cache": str(InversionCache(cfg.cache_dir).path(inverted.key)), "cached": inverted.cached,

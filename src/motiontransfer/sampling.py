@@ -28,6 +28,7 @@ class GuidedStep:
     t: int
     lr: float
     losses: list[float] = field(default_factory=list)          # one per Adam iteration, before its update
+    loss_after: float | None = None                            # at the optimised latent (one more forward)
 
 
 @dataclass
@@ -64,6 +65,9 @@ def optimise_latent(x: torch.Tensor, loss_fn: LossFn, iterations: int, lr: float
             loss.backward()
             opt.step()
             step.losses.append(float(loss.detach()))
+    if iterations:
+        with torch.no_grad():
+            step.loss_after = float(loss_fn(x))
     return x.detach()
 
 
@@ -98,8 +102,8 @@ def guided_sample(predict: PredictFn, x_T: torch.Tensor, scheduler_config: dict,
                 step = GuidedStep(t=t, lr=rates[t])
                 x = optimise_latent(x, guidance(t), iterations, rates[t], step)
                 history.guided.append(step)
-                if step.losses:
-                    bar.set_postfix(loss=f"{step.losses[-1]:.4f}")
+                if step.loss_after is not None:
+                    bar.set_postfix(loss=f"{step.loss_after:.4f}")
             x_prev = scheduler.step(predict(x, t), t, x).prev_sample
             history.unet_passes += 1
             if restart and i < len(timesteps) - 1:

@@ -102,6 +102,7 @@ STILL_STEP = 0.25                   # px: a frame step shorter than this in both
 CLASSIFIER_TRAIN_SEED = 1_000_000   # + seed: the classifier's training clips
 CLASSIFIER_HELD_OUT_SEED = 2_000_000  # + seed: its held-out clips (accuracies in config.json)
 PROMPT_SEED, PAIR_SEED, REAL_SEED, VAE_SEED = 1000, 2000, 3000, 4000   # + report seed
+CLASSIFIER_CLIP_FRAMES = 16         # frames per world clip drawn for classifier data (the shipped model's)
 
 
 # ------------------------------------------------------------------------------------------------- classifier
@@ -201,18 +202,13 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = 3) -> torc
 
 def _world_frames(clips: int, seed: int, per_clip: int, size: int) -> dict[str, np.ndarray]:
     """`per_clip` random frames of each of `clips` world clips: frames (N, size, size, 3) uint8 and labels (N,)."""
-    data = world.make_dataset(clips, seed=seed, size=size, frames=world_frames_per_clip())
+    data = world.make_dataset(clips, seed=seed, size=size, frames=CLASSIFIER_CLIP_FRAMES)
     pick = np.random.default_rng(seed).integers(0, data["frames"].shape[1], size=(clips, per_clip))
     rows = np.repeat(np.arange(clips), per_clip)
     out = {"frames": data["frames"][rows, pick.ravel()]}
     for a in ATTRIBUTES:
         out[a] = np.repeat(data[a], per_clip)
     return out
-
-
-def world_frames_per_clip() -> int:
-    """Frames per world clip used for classifier data: the shipped model's 16."""
-    return 16
 
 
 @torch.no_grad()
@@ -797,13 +793,14 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m motiontransfer.shapes_eval",
                                      description="Evaluation of the shapes text-to-video model.")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or logs")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", help="no progress bars or logs")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train-classifier", help="train the attribute classifier on world frames")
+    p = sub.add_parser("train-classifier", parents=[common], help="train the attribute classifier on world frames")
     p.add_argument("--out", type=Path, default=shipped_classifier_path(), help="folder (the shipped weights)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=2500)
-    p = sub.add_parser("report", help="measure the model's quality bar; prints a table and writes JSON")
+    p = sub.add_parser("report", parents=[common], help="measure the model's quality bar; prints a table and writes JSON")
     p.add_argument("--model", default=None, help="model folder (default: the shipped shapes model)")
     p.add_argument("--n", type=int, default=60, help="text-to-video prompts (60)")
     p.add_argument("--pairs", type=int, default=20, help="motion transfer pairs (20)")
