@@ -49,7 +49,7 @@ EVERY_FIELD = {
     "source_prompt": "a red square", "negative_prompt": "blurry", "guidance_scale": 7.5, "steps": 20,
     "inversion_steps": 40, "restart": True, "guidance_window": [0.1, 0.5], "iterations": 3,
     "learning_rate": [0.01, 0.002], "layers": ["up_blocks.1.temp_convs.1", "up_blocks.2.resnets.0"],
-    "layer_weights": [1.0, 0.5], "loss": "smm", "init": "random", "lf_factor": 2, "seed": 7, "device": "cpu",
+    "layer_weights": [1.0, 0.5], "loss": "smm", "init": "random", "lf_factor": 2, "sdedit_strength": 0.9, "seed": 7, "device": "cpu",
     "dtype": "bf16", "allow_unsafe_weights": True, "cache_dir": "/tmp/somewhere", "use_cache": False,
     "vae_slicing": True, "checkpointing": True, "cpu_offload": True,
 }

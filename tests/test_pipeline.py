@@ -88,3 +88,10 @@ def test_analyze_writes_one_video_per_seed(opts, tmp_path, target):
         assert (tmp_path / target / f"seed-{seed}" / "result.mp4").exists()
         assert json.loads((tmp_path / target / f"seed-{seed}" / "run.json").read_text())["analysis"] == target
     assert not np.array_equal(results[0].frames, results[1].frames)
+
+
+def test_sdedit_baseline_starts_part_way_and_needs_no_inversion(opts):
+    r = motiontransfer.transfer(moving_square(), "a green star", output_dir=False, seed=0, init="sdedit",
+                                sdedit_strength=0.6, iterations=0, **opts)
+    assert r.history.unet_passes == 4                       # of 831, 665, 499, 333, 167, 1: those <= 600
+    assert "inversion" not in r.timings and r.counts["unet_truncated_forward"] == 0

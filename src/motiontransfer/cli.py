@@ -44,7 +44,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--layers", nargs="+", help="UNet module names to hook")
     g.add_argument("--layer-weights", type=float, nargs="+", help="one weight per layer")
     g.add_argument("--loss", choices=["pairwise_cosine", "pairwise_l2", "smm", "features"])
-    g.add_argument("--init", choices=["lf", "random", "inverted"], help="initial latent (lf, Eq. 4)")
+    g.add_argument("--init", choices=["lf", "random", "inverted", "sdedit"], help="initial latent (lf, Eq. 4)")
+    g.add_argument("--sdedit-strength", type=float, help="with --init sdedit: noise level as a fraction of T (0.6)")
     g.add_argument("--lf-factor", type=int, help="down-sampling factor of the LF filter (4)")
     g.add_argument("--seed", type=int, help="random seed (default: drawn and recorded in run.json)")
     g = p.add_argument_group("runtime")
@@ -65,7 +66,7 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
 METHOD_KEYS = ("model", "frames", "stride", "start", "resize", "width", "height", "source_prompt", "negative_prompt",
                "guidance_scale", "steps", "inversion_steps", "restart", "guidance_window", "iterations",
                "learning_rate", "layers", "layer_weights", "loss", "init", "lf_factor", "seed", "device", "dtype",
-               "allow_unsafe_weights", "cache_dir", "use_cache", "vae_slicing")
+               "allow_unsafe_weights", "cache_dir", "use_cache", "vae_slicing", "sdedit_strength")
 
 
 def _method_options(args) -> dict:

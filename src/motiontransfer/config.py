@@ -24,7 +24,7 @@ REFERENCE_NEGATIVE_PROMPT = "bad quality, distortions, unrealistic, distorted im
 DEFAULT_LAYERS = ("up_blocks.1.resnets.1.conv2", "up_blocks.1.temp_convs.1", "up_blocks.1.upsamplers.0")
 
 LOSSES = ("pairwise_cosine", "pairwise_l2", "smm", "features")
-INITS = ("lf", "random", "inverted")
+INITS = ("lf", "random", "inverted", "sdedit")
 RESIZE_POLICIES = ("crop", "stretch", "pad")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 
@@ -57,8 +57,9 @@ class TransferConfig:
     layer_weights: tuple[float, ...] | None = None  # one per layer; None: all 1
     loss: str = "pairwise_cosine"                 # pairwise_cosine (reference) | pairwise_l2 (paper) | smm | features
     # initialisation (paper Eq. 4)
-    init: str = "lf"                              # lf | random | inverted
+    init: str = "lf"                              # lf | random | inverted | sdedit (a baseline)
     lf_factor: int = 4                            # spatial down-sampling factor of the low-pass filter
+    sdedit_strength: float = 0.6                  # init sdedit: noise the source to this fraction of T
     # runtime
     seed: int | None = None                       # None: drawn at run time, then recorded
     device: str = "auto"                          # auto (cuda, mps, cpu) | cpu | cuda | cuda:N | mps
@@ -135,6 +136,7 @@ def validate(c: TransferConfig) -> None:
     need(c.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {c.loss!r}")
     need(c.init in INITS, f"--init must be one of {', '.join(INITS)}, got {c.init!r}")
     need(c.lf_factor >= 1, f"lf_factor must be at least 1, got {c.lf_factor}")
+    need(0.0 < c.sdedit_strength <= 1.0, f"sdedit_strength must be in (0, 1], got {c.sdedit_strength}")
     need(c.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}")
     need(c.guidance_scale >= 0, f"--guidance-scale must be 0 or more, got {c.guidance_scale}")
 

@@ -188,7 +188,20 @@ class TransferResult:
 
 def needs_inversion(config: TransferConfig) -> bool:
     guided = config.iterations > 0 and config.guidance_window[1] > config.guidance_window[0]
-    return config.init != "random" or guided
+    return config.init in ("lf", "inverted") or guided
+
+
+def sdedit_start(model: TextToVideo, frames: np.ndarray, config: TransferConfig, timesteps: list[int],
+                 generator: torch.Generator) -> tuple[torch.Tensor, int]:
+    """SDEdit (Meng et al. 2022): the source latent noised to the first timestep <= strength x T."""
+    from diffusers import DDIMScheduler
+
+    limit = config.sdedit_strength * model.scheduler_config.get("num_train_timesteps", 1000)
+    first = next((i for i, t in enumerate(timesteps) if t <= limit), len(timesteps) - 1)
+    x0 = model.encode_frames(frames).float().cpu()
+    noise = torch.randn(x0.shape, generator=generator)
+    scheduler = DDIMScheduler.from_config(model.scheduler_config)
+    return scheduler.add_noise(x0, noise, torch.tensor([timesteps[first]])), first
 
 
 def generate(model: TextToVideo, source: Video | None, prompts: list[str], config: TransferConfig, *,
@@ -248,13 +261,17 @@ def generate(model: TextToVideo, source: Video | None, prompts: list[str], confi
 
             shape = (1, model.unet.config.in_channels, config.frames, config.height // model.vae_scale,
                      config.width // model.vae_scale)
-            x_T = initial_latent(config.init, None if inverted is None else inverted.latents[timesteps[0]].cpu(),
-                                 shape, generator, config.lf_factor).to(model.device)
+            first = 0
+            if config.init == "sdedit":
+                x_T, first = sdedit_start(model, source.frames, config, timesteps, generator)
+            else:
+                x_T = initial_latent(config.init, None if inverted is None else inverted.latents[timesteps[0]].cpu(),
+                                     shape, generator, config.lf_factor)
             with timer("sampling"):
-                x0, history = guided_sample(predict, x_T, model.scheduler_config, config.steps,
+                x0, history = guided_sample(predict, x_T.to(model.device), model.scheduler_config, config.steps,
                                             guidance=guidance, guided=guided, iterations=config.iterations,
                                             learning_rate=config.learning_rate, restart=config.restart,
-                                            generator=generator, progress=progress)
+                                            generator=generator, progress=progress, first_step=first)
             counts["unet_backward"] += history.backward_passes
             with timer("decode"):
                 frames = model.decode_latents(x0)

@@ -82,13 +82,14 @@ def renoise(x_prev: torch.Tensor, alpha_prev: torch.Tensor, alpha_t: torch.Tenso
 def guided_sample(predict: PredictFn, x_T: torch.Tensor, scheduler_config: dict, steps: int, *,
                   guidance: GuidanceFn | None = None, guided: list[int] = (), iterations: int = 10,
                   learning_rate: tuple[float, float] = (0.007, 0.004), restart: bool = False,
-                  generator: torch.Generator | None = None, progress: bool = True,
+                  generator: torch.Generator | None = None, progress: bool = True, first_step: int = 0,
                   callback: Callable[[int, int, torch.Tensor], None] | None = None
                   ) -> tuple[torch.Tensor, SampleHistory]:
-    """DDIM from x_T (B, C, F, h, w) at the first sampling timestep down to x_0, guided at `guided` timesteps."""
+    """DDIM from x_T (B, C, F, h, w) at sampling timestep number `first_step` (0: the noisiest) down to x_0,
+    guided at `guided` timesteps."""
     scheduler = DDIMScheduler.from_config(scheduler_config)
     scheduler.set_timesteps(steps)
-    timesteps = [int(t) for t in scheduler.timesteps]
+    timesteps = [int(t) for t in scheduler.timesteps][first_step:]
     guided = [t for t in timesteps if t in set(guided)] if guidance is not None and iterations > 0 else []
     rates = dict(zip(guided, learning_rates(len(guided), *learning_rate)))
     if restart and generator is None:

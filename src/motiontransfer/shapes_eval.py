@@ -242,13 +242,14 @@ def train_classifier(out_dir: str | Path, seed: int = 0, steps: int = 2500, prog
     augmentation = augmentation or Augmentation()
     out_dir = Path(out_dir)
     start = time.perf_counter()
-    torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     train = _world_frames(train_clips, CLASSIFIER_TRAIN_SEED + seed, frames_per_clip, config.size)
     held = _world_frames(held_out_clips, CLASSIFIER_HELD_OUT_SEED + seed, frames_per_clip, config.size)
     x_train = torch.from_numpy(train["frames"]).permute(0, 3, 1, 2).float()     # (N, 3, H, W) 0..255
     y_train = {a: torch.from_numpy(train[a]) for a in ATTRIBUTES}
-    net = AttributeClassifier(config)
+    with torch.random.fork_rng():                  # seeded initial weights, the global RNG left as it was
+        torch.manual_seed(seed)
+        net = AttributeClassifier(config)
     optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
     bar = tqdm(range(steps), desc="classifier", disable=not progress, dynamic_ncols=True)
@@ -301,6 +302,11 @@ def train_classifier(out_dir: str | Path, seed: int = 0, steps: int = 2500, prog
 
 def shipped_classifier_path() -> Path:
     return Path(str(resources.files("motiontransfer") / "weights" / "classifier"))
+
+
+def _classifier_record(path: str | Path | None = None) -> dict:
+    directory = Path(path) if path is not None else shipped_classifier_path()
+    return json.loads((directory / "config.json").read_text())
 
 
 @lru_cache(maxsize=4)
@@ -706,7 +712,7 @@ def evaluate_model(model: str | None = None, n_prompts: int = 60, seed: int = 0,
         baseline.append(b)
         items.append({"seed": i, "source_caption": clip.caption, "source_motion": p.motion,
                       "prompt": target["prompt"], "transfer": m, "baseline": b, "source": s})
-    transfer_report = {"pairs": pairs, "target_background": "same as the source",
+    transfer_report = {"pairs": pairs, "target_background": "the source's",
                        "transfer": _summary(method) if method else {},
                        "baseline": _summary(baseline) if baseline else {},
                        "source": _summary(source) if source else {}, "items": items}
@@ -716,6 +722,7 @@ def evaluate_model(model: str | None = None, n_prompts: int = 60, seed: int = 0,
                      "pairs": pairs, "steps": steps, "seed": seed, "frames": frames, "size": size,
                      "real_clips": real_clips, "vae_clips": vae_clips, "device": str(generator.device),
                      "dtype": str(generator.dtype), "classifier": str(shipped_classifier_path()),
+                     "classifier_held_out_clean": _classifier_record()["held_out"]["clean"],
                      "transfer_options": {"use_cache": False}, "versions": versions(),
                      "seconds": round(time.perf_counter() - start, 1)},
         "text_to_video": t2v, "vae": vae, "transfer": transfer_report,
@@ -753,8 +760,9 @@ def format_report(report: dict) -> str:
         return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
     s, t, v, tr = report["settings"], report["text_to_video"], report["vae"], report["transfer"]
-    lines = [f"shapes model report: {s['model_identity']}, {s['frames']} frames {s['size']}x{s['size']}, "
-             f"{s['steps']} steps, seed {s['seed']}, {s['device']}",
+    lines = [f"shapes model report: {s['model']} ({s['model_identity']})",
+             f"  {s['frames']} frames {s['size']}x{s['size']}, {s['steps']} steps, seed {s['seed']}, {s['device']}, "
+             f"{num(s['seconds'], 0)} s in all",
              "",
              f"text-to-video ({t['n']} held-out prompts, {num(t['seconds_per_video'], 1)} s a video)",
              f"  prompted colour        {pct(t['colour_ok'])}",
@@ -777,7 +785,7 @@ def format_report(report: dict) -> str:
                 ("x correlation", "corr_x", num), ("y correlation", "corr_y", num),
                 ("target colour", "target_colour", pct), ("target shape", "target_shape", pct),
                 ("one object", "one_object", pct), ("seconds a video", "seconds_per_video", num)]
-        lines += ["", f"motion transfer ({tr['pairs']} held-out pairs: other shape and colour, "
+        lines += ["", f"motion transfer ({tr['pairs']} held-out pairs: another shape and colour on "
                       f"{tr['target_background']} background)",
                   f"  {'':<22} {'transfer':>10} {'text-to-video':>14} {'source (check)':>15}"]
         for label, key, fmt in rows:
@@ -811,6 +819,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    for noisy in ("diffusers", "transformers", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    if args.quiet:
+        from .cli import _quiet_libraries
+
+        _quiet_libraries()
     try:
         if args.command == "train-classifier":
             record = train_classifier(args.out, seed=args.seed, steps=args.steps, progress=not args.quiet)

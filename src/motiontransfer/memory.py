@@ -1,0 +1,808 @@
+"""GPU memory: activation options for the guidance step, and byte counts of a run made without the weights.
+
+Activation options: `activation_options(unet, mode)`, a context manager around the guidance step (the forward
+and backward passes of `sampling.optimise_latent`):
+
+    none        autograd keeps what each op saves for backward (the default)
+    checkpoint  chosen UNet blocks keep only their inputs; in backward each one runs its forward again, once,
+                to rebuild what it had saved (`checkpoint_blocks`). The gradients are those of `none`.
+    offload     tensors saved for backward move to host memory (pinned when CUDA is there) and come back when
+                backward needs them; parameters and host tensors stay where they are (`offload_activations`)
+
+Both work through `torch.autograd.graph.saved_tensors_hooks` and module hooks that are removed on exit; no
+library `forward` is replaced. diffusers' own switch cannot be used: `UNet3DConditionModel` sets
+`_supports_gradient_checkpointing = False`, and its 3D blocks set a `gradient_checkpointing` attribute that
+their `forward` never reads (diffusers 0.42).
+
+Counting: the `estimate_*` functions run the package's own code (`TextToVideo.features`, `predict`,
+`encode_frames`, `decode_latents`, `losses.motion_loss`, `sampling.optimise_latent`) on components built on the
+meta device, which have shapes and dtypes but no data, and count bytes with:
+
+    SavedTensorCounter  the bytes autograd saves for backward (a pack hook; each storage counted once)
+    LiveBytes           a TorchDispatchMode that adds every storage an op makes and subtracts it when it is freed
+                        (a finalizer on the storage): the live bytes over time and their peak
+    fused_attention     a TorchFunctionMode standing in for a fused SDPA kernel (flash or memory-efficient), which
+                        the meta device does not have: it keeps q, k, v, the output and the fp32 log-sum-exp for
+                        backward, and never the attention matrix
+
+docs/memory.md has the numbers at ZeroScope scale, how they were checked, and what they leave out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import weakref
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.checkpoint import get_device_states, set_device_states
+
+from .config import DEFAULT_LAYERS
+from .errors import ConfigError
+from .features import FeatureHooks
+from .losses import motion_loss
+from .models import ZEROSCOPE_UNET_CONFIG, ModelDefaults, TextToVideo
+from .sampling import GuidedStep, optimise_latent
+
+ACTIVATION_MODES = ("none", "checkpoint", "offload")
+# sdpa-fused: diffusers' default AttnProcessor2_0 with the kernel PyTorch picks on a CUDA GPU in fp16 (flash, or
+# memory-efficient before Ampere); sdpa-math: the same processor on SDPA's math fallback (what the meta device
+# runs; it upcasts fp16 to fp32); plain: diffusers' AttnProcessor, which materialises the attention matrix.
+ATTENTION_BACKENDS = ("sdpa-fused", "sdpa-math", "plain")
+CHECKPOINT_UNITS = ("blocks", "layers")
+GIB = 2 ** 30
+
+# cerspense/zeroscope_v2_576w vae/config.json (the Stable Diffusion VAE) and text_encoder/config.json (the
+# OpenCLIP ViT-H/14 text tower, 23 of its 24 layers, as a CLIPTextModel), for estimates without the weights.
+ZEROSCOPE_VAE_CONFIG = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": (128, 256, 512, 512),
+    "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "layers_per_block": 2, "norm_num_groups": 32, "act_fn": "silu", "sample_size": 768, "scaling_factor": 0.18215}
+ZEROSCOPE_TEXT_ENCODER_CONFIG = {
+    "vocab_size": 49408, "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23,
+    "num_attention_heads": 16, "max_position_embeddings": 77, "hidden_act": "gelu", "projection_dim": 1024}
+ZEROSCOPE_SIZE = (576, 320)          # (width, height) in pixels
+ZEROSCOPE_VAE_SCALE = 8
+KEPT_LATENTS = 21                    # inverted latents kept on the device: the 20 guided steps and the first
+
+
+# ------------------------------------------------------------------------------------------------ storages
+
+def _storage(tensor: torch.Tensor) -> torch.UntypedStorage:
+    """The storage under `tensor`. PyTorch keeps one Python object per storage for as long as the storage lives,
+    so its `id` names the storage and a finalizer on it runs when the memory is released."""
+    return tensor.untyped_storage()
+
+
+def _tensors(obj) -> Iterator[torch.Tensor]:
+    """The tensors in nested tuples, lists and dicts."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            yield from _tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item)
+
+
+def _map_tensors(fn: Callable[[torch.Tensor], Any], obj):
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_map_tensors(fn, item) for item in obj)
+    if isinstance(obj, dict):
+        return {k: _map_tensors(fn, v) for k, v in obj.items()}
+    return obj
+
+
+def parameter_bytes(*modules: nn.Module) -> int:
+    """Bytes of the parameters and buffers, each storage once."""
+    seen = {}
+    for module in modules:
+        for t in (*module.parameters(), *module.buffers()):
+            seen.setdefault(id(_storage(t)), _storage(t).nbytes())
+    return sum(seen.values())
+
+
+# ------------------------------------------------------------------------------------ activation checkpointing
+
+class _StopRecompute(Exception):
+    """Ends a recomputation once it has rebuilt every tensor the first run saved."""
+
+
+class _Handle:
+    """Stands in the autograd graph for one tensor a checkpointed call saved."""
+
+    __slots__ = ("__weakref__",)
+
+
+class _Call:
+    """One checkpointed call of a module: its inputs, RNG and autocast state, and one handle per saved tensor."""
+
+    def __init__(self, module: nn.Module, args: tuple, kwargs: dict):
+        self.module, self.args, self.kwargs = module, args, kwargs
+        tensors = list(_tensors((args, kwargs)))
+        self.versions = [t._version for t in tensors]
+        self.device_type = next((t.device.type for t in tensors if t.device.type not in ("cpu", "meta")), None)
+        self.cpu_rng = torch.get_rng_state()
+        self.devices, self.device_states = get_device_states(*tensors) if self.device_type else ([], [])
+        autocast_device = self.device_type or "cpu"
+        self.autocast = (autocast_device, torch.is_autocast_enabled(autocast_device),
+                         torch.get_autocast_dtype(autocast_device))
+        self.saved: list[tuple[weakref.ref, torch.Size, torch.dtype]] = []
+        self.recomputed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # handle -> rebuilt tensor
+        self.done = False
+
+
+class BlockCheckpointing:
+    """Activation checkpointing of named submodules, by hooks that are removed on exit. See `checkpoint_blocks`."""
+
+    def __init__(self, model: nn.Module, names: Iterable[str],
+                 recompute_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+        names = tuple(names)
+        modules = dict(model.named_modules())
+        unknown = [n for n in names if n not in modules]
+        if unknown:
+            raise ConfigError(f"cannot checkpoint {unknown}: no module of the model has that name")
+        nested = [(a, b) for a in names for b in names if b.startswith(a + ".")]
+        if nested or len(set(names)) != len(names):
+            raise ConfigError(f"checkpointed modules must not repeat or nest: {nested or names}")
+        self.names = names
+        self._recompute_context = recompute_context
+        self._modules = [modules[n] for n in names]
+        self._handles = []
+        self._open: list[tuple[_Call | None, Any]] = []     # calls whose forward is running, innermost last
+        self._recomputing = False
+        self.calls = 0              # checkpointed calls so far
+        self.recomputations = 0
+
+    def __enter__(self) -> "BlockCheckpointing":
+        try:
+            for module in self._modules:
+                self._handles.append(module.register_forward_pre_hook(self._before, with_kwargs=True))
+                self._handles.append(module.register_forward_hook(self._after, with_kwargs=True, always_call=True))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        while self._open:                          # a forward interrupted by something the hooks could not see
+            _, hooks = self._open.pop()
+            if hooks is not None:
+                hooks.__exit__(None, None, None)
+
+    # forward: keep the inputs, save handles ------------------------------------------------------------
+    def _before(self, module, args, kwargs):
+        if self._recomputing or not torch.is_grad_enabled():
+            self._open.append((None, None))
+            return None
+        call = _Call(module, args, kwargs)
+        hooks = torch.autograd.graph.saved_tensors_hooks(partial(self._pack, call), partial(self._unpack, call))
+        hooks.__enter__()
+        self._open.append((call, hooks))
+        self.calls += 1
+        return None
+
+    def _after(self, module, args, kwargs, output):
+        # always_call: also runs when the forward raised (features.StopForward ends a truncated pass here)
+        _, hooks = self._open.pop()
+        if hooks is not None:
+            hooks.__exit__(None, None, None)
+        return None
+
+    @staticmethod
+    def _pack(call: _Call, tensor: torch.Tensor) -> _Handle:
+        handle = _Handle()
+        call.saved.append((weakref.ref(handle), tensor.shape, tensor.dtype))
+        return handle
+
+    # backward: rebuild on first use ---------------------------------------------------------------------
+    def _unpack(self, call: _Call, handle: _Handle) -> torch.Tensor:
+        if not call.done:
+            self._recompute(call)
+        return call.recomputed[handle]
+
+    def _recompute(self, call: _Call) -> None:
+        name = type(call.module).__name__
+        if [t._version for t in _tensors((call.args, call.kwargs))] != call.versions:
+            raise RuntimeError(f"an input of a checkpointed {name} was modified in place after its forward; "
+                               f"recomputing it would give other values")
+        count = 0
+
+        def pack(tensor):
+            nonlocal count
+            ref, shape, dtype = call.saved[count]
+            if tensor.shape != shape or tensor.dtype != dtype:
+                raise RuntimeError(f"recomputing a checkpointed {name} saved a {tuple(tensor.shape)} {tensor.dtype} "
+                                   f"tensor where its forward saved {tuple(shape)} {dtype}; is it deterministic?")
+            handle = ref()
+            if handle is not None:                  # a handle autograd already dropped needs nothing rebuilt
+                call.recomputed[handle] = tensor.detach()
+            count += 1
+            if count == len(call.saved):
+                raise _StopRecompute
+            return None
+
+        def unpack(_):
+            raise RuntimeError("a tensor saved during recomputation was used")
+
+        args, kwargs = _map_tensors(lambda t: t.detach().requires_grad_(t.requires_grad), (call.args, call.kwargs))
+        device_type, autocast_enabled, autocast_dtype = call.autocast
+        rng = torch.random.fork_rng(devices=call.devices, device_type=call.device_type)
+        with rng, torch.enable_grad(), torch.autocast(device_type, autocast_dtype, autocast_enabled), \
+                self._recompute_context(), torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            torch.set_rng_state(call.cpu_rng)
+            if call.devices:
+                set_device_states(call.devices, call.device_states, device_type=call.device_type)
+            self._recomputing = True
+            try:
+                call.module(*args, **kwargs)
+            except _StopRecompute:
+                pass
+            finally:
+                self._recomputing = False
+        if count < len(call.saved):
+            raise RuntimeError(f"recomputing a checkpointed {name} saved {count} tensors, its forward "
+                               f"{len(call.saved)}; is it deterministic?")
+        call.done = True
+        call.args = call.kwargs = None               # the rebuilt tensors hold what is still needed
+        self.recomputations += 1
+
+
+def checkpoint_blocks(model: nn.Module, names: Iterable[str], *,
+                      recompute_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+                      ) -> BlockCheckpointing:
+    """Context manager: activation checkpointing of the submodules `names` of `model` while it is open.
+
+    A call of a named module with gradients on keeps its inputs and, in place of each tensor it saves for
+    backward, a handle. The first time backward needs one of them, the module runs its forward again on the kept
+    inputs (same RNG and autocast state) until it has rebuilt as many saved tensors as its first run made; each
+    rebuilt tensor is freed when autograd drops its handle. The graph is the original one, so the gradients are
+    those without checkpointing, provided the module is deterministic given its RNG state (checked by shapes)
+    and its inputs are not modified in place before backward (checked: an error, not a wrong gradient).
+
+    Calls under `no_grad`, and calls made by a recomputation, run as usual. A truncated pass (`StopForward`
+    raised inside a named module) is fine: the recomputation stops where the first run stopped. Open it around
+    the forward and the backward; if it closes in between, backward still recomputes. Names must not nest.
+    `recompute_context` makes a context that the recomputation runs in, for state that backward does not
+    carry over from the forward (Python `TorchFunctionMode`s, for one).
+    """
+    return BlockCheckpointing(model, names, recompute_context=recompute_context)
+
+
+def unet_checkpoint_units(unet: nn.Module, units: str = "blocks") -> list[str]:
+    """What `checkpoint` recomputes as one piece: the UNet's top-level blocks (`blocks`: down_blocks.i,
+    mid_block, up_blocks.i) or every layer inside them (`layers`: resnets.j, temp_convs.j, attentions.j,
+    temp_attentions.j, the down- and upsamplers)."""
+    if units not in CHECKPOINT_UNITS:
+        raise ConfigError(f"checkpoint units must be one of {', '.join(CHECKPOINT_UNITS)}, got {units!r}")
+    blocks = [f"down_blocks.{i}" for i in range(len(unet.down_blocks))]
+    blocks += ["mid_block"] if getattr(unet, "mid_block", None) is not None else []
+    blocks += [f"up_blocks.{i}" for i in range(len(unet.up_blocks))]
+    if units == "blocks":
+        return blocks
+    modules = dict(unet.named_modules())
+    return [f"{block}.{group}.{j}" for block in blocks for group, layers in modules[block].named_children()
+            if isinstance(layers, nn.ModuleList) for j in range(len(layers))]
+
+
+# ---------------------------------------------------------------------------------------- activation offload
+
+class offload_activations:
+    """Context manager: tensors saved for backward move to host memory and come back when backward needs them.
+
+    `torch.autograd.graph.save_on_cpu`, except that tensors on the storages of `resident` (the parameters and
+    buffers, on the device anyway) and tensors already on the host are kept as they are instead of copied.
+    `host_bytes` counts what was moved. Pinned host memory (the default when CUDA is there) lets the copies back
+    overlap with compute.
+    """
+
+    def __init__(self, resident: Iterable[torch.Tensor] = (), pin_memory: bool | None = None):
+        self._resident = {id(_storage(t)): _storage(t) for t in resident}
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.host_bytes = 0
+        self._hooks = None
+
+    def __enter__(self) -> "offload_activations":
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+        self._hooks = None
+
+    def _pack(self, tensor: torch.Tensor):
+        if tensor.device.type == "cpu" or id(_storage(tensor)) in self._resident:
+            return None, tensor
+        self.host_bytes += tensor.numel() * tensor.element_size()
+        return tensor.device, self.to_host(tensor)
+
+    def _unpack(self, packed) -> torch.Tensor:
+        device, tensor = packed
+        return tensor if device is None else self.to_device(tensor, device)
+
+    def to_host(self, tensor: torch.Tensor) -> torch.Tensor:
+        host = torch.empty(tensor.size(), dtype=tensor.dtype, layout=tensor.layout, pin_memory=self.pin_memory)
+        host.copy_(tensor)
+        return host
+
+    def to_device(self, host: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return host.to(device, non_blocking=self.pin_memory)
+
+
+@contextlib.contextmanager
+def activation_options(unet: nn.Module, mode: str = "none", *, units: str = "blocks",
+                       names: Iterable[str] | None = None) -> Iterator[BlockCheckpointing | offload_activations | None]:
+    """What the guidance step keeps for backward: `none`, `checkpoint` (the `units` of `unet_checkpoint_units`,
+    or the modules `names`) or `offload`. Open it around the forward and backward of the guidance step:
+
+    >>> with activation_options(model.unet, "checkpoint"):
+    ...     x = optimise_latent(x, loss_fn, iterations, lr, step)
+    """
+    if mode not in ACTIVATION_MODES:
+        raise ConfigError(f"activation mode must be one of {', '.join(ACTIVATION_MODES)}, got {mode!r}")
+    if mode == "none":
+        yield None
+    elif mode == "checkpoint":
+        with checkpoint_blocks(unet, unet_checkpoint_units(unet, units) if names is None else names) as ckpt:
+            yield ckpt
+    else:
+        with offload_activations(resident=[*unet.parameters(), *unet.buffers()]) as offload:
+            yield offload
+
+
+# ----------------------------------------------------------------------------------------------- counting
+
+class SavedTensorCounter:
+    """Context manager: counts the bytes autograd saves for backward while it is open (the tensors are saved as
+    usual). Each storage counts once, whole (a saved view keeps all of its storage alive); storages of `exclude`
+    (the parameters, counted as weights) do not count. Inner `saved_tensors_hooks` (checkpointing, offload) hide
+    what they pack from it."""
+
+    def __init__(self, exclude: Iterable[torch.Tensor] = ()):
+        self._exclude = {id(_storage(t)): _storage(t) for t in exclude}
+        self._seen: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self._hooks = None
+        self.bytes = 0             # distinct storages saved, excluded ones left out
+        self.tensors = 0           # saved tensors, all of them
+
+    def __enter__(self) -> "SavedTensorCounter":
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+        self._seen = weakref.WeakValueDictionary()
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = _storage(tensor)
+        self.tensors += 1
+        if id(storage) not in self._exclude and id(storage) not in self._seen:
+            self._seen[id(storage)] = storage
+            self.bytes += storage.nbytes()
+        return tensor
+
+
+class LiveBytes(TorchDispatchMode):
+    """Tracks the bytes of the storages that ops make on `device` while the mode is on.
+
+    A storage an op returns that none of its inputs had is new: its bytes are added, and subtracted by a
+    finalizer when it is freed. `current` is what is live now, `peak` the most so far. Storages made before the
+    mode (parameters, inputs) do not count; count them separately. On the meta device, copies to another
+    device return uninitialised tensors there, and reads of a value return 0, so code that reads results
+    (`decode_latents`, a loss logged with `float`) runs unchanged.
+    """
+
+    def __init__(self, device: str | torch.device = "meta"):
+        super().__init__()
+        self.device_type = torch.device(device).type
+        self.current = 0
+        self.peak = 0
+        self._live: dict[int, int] = {}
+        self._paused = 0
+
+    def reset_peak(self) -> None:
+        self.peak = self.current
+
+    @contextlib.contextmanager
+    def untracked(self) -> Iterator[None]:
+        """Ops inside make storages that do not count (a stand-in for memory elsewhere)."""
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.device_type == "meta":
+            if func is torch.ops.aten._local_scalar_dense.default and args[0].is_meta:
+                return {torch.bool: False}.get(args[0].dtype, 0.0 if args[0].is_floating_point() else 0)
+            if func is torch.ops.aten._to_copy.default and args[0].is_meta and kwargs.get("device") is not None \
+                    and torch.device(kwargs["device"]).type != "meta":
+                return torch.empty(args[0].shape, dtype=kwargs.get("dtype") or args[0].dtype, device=kwargs["device"])
+        out = func(*args, **kwargs)
+        if not self._paused:
+            inputs = {id(_storage(t)) for t in _tensors((args, kwargs)) if t.layout == torch.strided}
+            for t in _tensors(out):
+                if t.device.type == self.device_type and t.layout == torch.strided:
+                    storage = _storage(t)
+                    if id(storage) not in inputs and id(storage) not in self._live:
+                        self._add(storage)
+        return out
+
+    def _add(self, storage: torch.UntypedStorage) -> None:
+        key, size = id(storage), storage.nbytes()
+        self._live[key] = size
+        self.current += size
+        self.peak = max(self.peak, self.current)
+        weakref.finalize(storage, self._free, key)
+
+    def _free(self, key: int) -> None:
+        self.current -= self._live.pop(key)
+
+
+class _FusedAttention(torch.autograd.Function):
+    """The memory of a fused SDPA kernel (flash attention 2 as PyTorch ships it; the memory-efficient kernel
+    differs by rounding the log-sum-exp up to 32 rows). Forward: the output (B, H, N, Dv) and the fp32
+    log-sum-exp (B, H, N); it saves q, k, v, the output and the log-sum-exp. Backward: dq, dk, dv, plus the fp32
+    dq accumulator and row sums it frees before returning. Values are not computed."""
+
+    @staticmethod
+    def forward(ctx, query, key, value):
+        out = query.new_empty((*query.shape[:-1], value.shape[-1]))
+        logsumexp = query.new_empty(query.shape[:-1], dtype=torch.float32)
+        ctx.save_for_backward(query, key, value, out, logsumexp)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        query, key, value, out, logsumexp = ctx.saved_tensors
+        workspace = (torch.empty_like(logsumexp), query.new_empty(query.shape, dtype=torch.float32))
+        grads = torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
+        del workspace
+        return grads
+
+
+class fused_attention(TorchFunctionMode):
+    """Runs `F.scaled_dot_product_attention` calls without mask or dropout as `_FusedAttention` (on the meta
+    device, which otherwise takes SDPA's math path). Others pass through."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention and len(args) == 3 and kwargs.get("attn_mask") is None \
+                and not kwargs.get("dropout_p") and not kwargs.get("is_causal") and not kwargs.get("enable_gqa"):
+            return _FusedAttention.apply(*args)
+        return func(*args, **kwargs)
+
+
+class _SimulatedOffload(offload_activations):
+    """`offload_activations` on the meta device: the host copy is an untracked stand-in, the copy back counts."""
+
+    def __init__(self, tracker: LiveBytes, resident: Iterable[torch.Tensor]):
+        super().__init__(resident=resident, pin_memory=False)
+        self._tracker = tracker
+
+    def _pack(self, tensor):
+        if tensor.device.type == "meta" and id(_storage(tensor)) not in self._resident:
+            self.host_bytes += tensor.numel() * tensor.element_size()
+            with self._tracker.untracked():
+                return tensor.device, torch.empty_like(tensor)
+        return None, tensor
+
+    def to_device(self, host, device):
+        return torch.empty_like(host)
+
+
+# ------------------------------------------------------------------------------------- meta components
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _frozen(config: dict | None) -> tuple | None:
+    return None if config is None else tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                                                   for k, v in config.items()))
+
+
+@functools.lru_cache(maxsize=4)
+def _meta_model(unet_config: tuple, vae_config: tuple | None, text_config: tuple | None,
+                dtype: torch.dtype) -> TextToVideo:
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device("meta"), _quiet("diffusers"):
+        unet = UNet3DConditionModel(**dict(unet_config)).to(dtype)
+        vae = None if vae_config is None else AutoencoderKL(**dict(vae_config)).to(dtype)
+        text = None if text_config is None else CLIPTextModel(CLIPTextConfig(**dict(text_config))).to(dtype)
+    for m in (unet, vae, text):
+        if m is not None:
+            m.requires_grad_(False).eval()
+    return TextToVideo(unet=unet, vae=vae, text_encoder=text, tokenizer=None, scheduler_config={}, path=Path("meta"),
+                       identity="meta", defaults=ModelDefaults(*ZEROSCOPE_SIZE, 24), device=torch.device("meta"),
+                       dtype=dtype)
+
+
+def meta_model(unet_config: dict = ZEROSCOPE_UNET_CONFIG, vae_config: dict | None = ZEROSCOPE_VAE_CONFIG,
+               text_config: dict | None = ZEROSCOPE_TEXT_ENCODER_CONFIG,
+               dtype: torch.dtype = torch.float16) -> TextToVideo:
+    """The adapter over components built on the meta device from their configs (no weights, no memory).
+    Cached: the same object comes back for the same configs; the estimators leave it as they found it."""
+    return _meta_model(_frozen(unet_config), _frozen(vae_config), _frozen(text_config), dtype)
+
+
+@contextlib.contextmanager
+def _attention(backend: str, *modules: nn.Module | None) -> Iterator[None]:
+    """Runs the block with the chosen attention backend (see ATTENTION_BACKENDS); restores the processors."""
+    if backend not in ATTENTION_BACKENDS:
+        raise ConfigError(f"attention must be one of {', '.join(ATTENTION_BACKENDS)}, got {backend!r}")
+    if backend == "sdpa-fused":
+        with fused_attention():
+            yield
+    elif backend == "sdpa-math":
+        yield
+    else:
+        from diffusers.models.attention_processor import AttnProcessor
+
+        modules = [m for m in modules if m is not None and hasattr(m, "set_attn_processor")]
+        saved = [m.attn_processors for m in modules]
+        try:
+            for m in modules:
+                m.set_attn_processor(AttnProcessor())
+            yield
+        finally:
+            for m, processors in zip(modules, saved):
+                m.set_attn_processor(processors)
+
+
+def _latent_shape(model: TextToVideo, frames: int, height: int, width: int, vae_scale: int) -> tuple[int, ...]:
+    if height % vae_scale or width % vae_scale:
+        raise ConfigError(f"height and width must be multiples of {vae_scale}, got {height}x{width}")
+    return 1, model.unet.config.in_channels, frames, height // vae_scale, width // vae_scale
+
+
+def _text_states(model: TextToVideo, tokens: int) -> torch.Tensor:
+    return torch.empty(1, tokens, model.unet.config.cross_attention_dim, device="meta", dtype=model.dtype)
+
+
+# ------------------------------------------------------------------------------------------- estimates
+
+def estimate_guided_iteration(unet_config: dict = ZEROSCOPE_UNET_CONFIG, frames: int = 24, height: int = 320,
+                              width: int = 576, dtype: torch.dtype = torch.float16, *, truncate: bool = True,
+                              activations: str = "none", attention: str = "sdpa-fused", units: str = "blocks",
+                              layers: tuple[str, ...] = DEFAULT_LAYERS, loss: str = "pairwise_cosine",
+                              timestep: int = 981, text_tokens: int = 77,
+                              vae_scale: int = ZEROSCOPE_VAE_SCALE) -> dict[str, int]:
+    """Bytes of one guided iteration: the UNet forward with gradients on the latent (stopped after the last
+    hooked layer unless `truncate=False`), the motion loss against the source's SMM vectors, backward to the
+    latent and the Adam update, as `sampling.optimise_latent` runs them with one iteration.
+
+    `height`, `width` in pixels (latent = pixels / vae_scale). `activations` as in `activation_options`.
+
+    Returns bytes:
+        weights   the UNet's parameters and buffers
+        inputs    what exists before: the latent (fp32, as sampling keeps it), the text states, the source SMMs
+        saved     what autograd saved for backward, each storage once, parameters left out (activations="none")
+        held      live at the start of backward: saved tensors, kept block inputs, captured features
+        peak      the most live at once during the iteration, beyond weights and inputs
+        host      bytes moved to host memory (activations="offload")
+        total     weights + inputs + peak
+    """
+    model = meta_model(unet_config, None, None, dtype)
+    return _guided_iteration(model, frames, height, width, truncate=truncate, activations=activations,
+                             attention=attention, units=units, layers=tuple(layers), loss=loss, timestep=timestep,
+                             text_tokens=text_tokens, vae_scale=vae_scale)
+
+
+def _guided_iteration(model: TextToVideo, frames: int, height: int, width: int, *, truncate: bool,
+                      activations: str, attention: str, units: str, layers: tuple[str, ...], loss: str,
+                      timestep: int, text_tokens: int, vae_scale: int) -> dict[str, int]:
+    if activations not in ACTIVATION_MODES:
+        raise ConfigError(f"activations must be one of {', '.join(ACTIVATION_MODES)}, got {activations!r}")
+    unet = model.unet
+    shape = _latent_shape(model, frames, height, width, vae_scale)
+    x = torch.empty(shape, device="meta", dtype=torch.float32)
+    cond = _text_states(model, text_tokens)
+    tracker = LiveBytes("meta")
+    resident = [*unet.parameters(), *unet.buffers()]
+    record: dict[str, int] = {}
+    with FeatureHooks(unet, layers, stop_early=truncate) as hooks, _attention(attention, unet):
+        with torch.no_grad(), tracker.untracked():          # the source side, reduced once per timestep
+            src = {n: f.mean(dim=(-2, -1)) for n, f in model.features(hooks, x, timestep, cond).items()}
+        inputs = sum(_storage(t).nbytes() for t in (x, cond, *src.values()))
+        counter = SavedTensorCounter(exclude=resident) if activations == "none" else contextlib.nullcontext()
+        if activations == "checkpoint":
+            option = checkpoint_blocks(unet, unet_checkpoint_units(unet, units),
+                                       recompute_context=fused_attention if attention == "sdpa-fused"
+                                       else contextlib.nullcontext)
+        elif activations == "offload":
+            option = _SimulatedOffload(tracker, resident)
+        else:
+            option = contextlib.nullcontext()
+
+        def loss_fn(latent):
+            with counter:
+                value = motion_loss(loss, src, model.features(hooks, latent, timestep, cond))
+            record["held"] = tracker.current
+            return value
+
+        with tracker, option:
+            optimise_latent(x, loss_fn, 1, 1e-3, GuidedStep(t=timestep, lr=1e-3))
+    weights = parameter_bytes(unet)
+    return {"weights": weights, "inputs": inputs,
+            "saved": counter.bytes if activations == "none" else None, "held": record["held"],
+            "peak": tracker.peak, "host": option.host_bytes if activations == "offload" else 0,
+            "total": weights + inputs + tracker.peak}
+
+
+def _run_phase(fn: Callable[[], Any], attention: str, *modules) -> int:
+    """The peak bytes that `fn` makes live (beyond what existed before), under `no_grad`."""
+    tracker = LiveBytes("meta")
+    with _attention(attention, *modules), torch.no_grad(), tracker:
+        fn()
+    return tracker.peak
+
+
+def estimate_unet_pass(unet_config: dict = ZEROSCOPE_UNET_CONFIG, frames: int = 24, height: int = 320,
+                       width: int = 576, dtype: torch.dtype = torch.float16, *, cfg: bool = True,
+                       attention: str = "sdpa-fused", truncate_after: tuple[str, ...] | None = None,
+                       timestep: int = 981, text_tokens: int = 77, vae_scale: int = ZEROSCOPE_VAE_SCALE) -> dict[str, int]:
+    """Bytes of one UNet pass without gradients, through `TextToVideo.predict`: with classifier-free guidance
+    (`cfg`, batch 2, as sampling runs it) or without (batch 1, as inversion runs it); or, with `truncate_after`
+    (layer names), the truncated pass that computes the source features. Returns weights, peak, total."""
+    model = meta_model(unet_config, None, None, dtype)
+    return _unet_pass(model, frames, height, width, cfg=cfg, attention=attention, truncate_after=truncate_after,
+                      timestep=timestep, text_tokens=text_tokens, vae_scale=vae_scale)
+
+
+def _unet_pass(model, frames, height, width, *, cfg, attention, truncate_after, timestep, text_tokens, vae_scale):
+    x = torch.empty(_latent_shape(model, frames, height, width, vae_scale), device="meta", dtype=torch.float32)
+    cond = _text_states(model, text_tokens)
+    if truncate_after:
+        with FeatureHooks(model.unet, truncate_after) as hooks:
+            peak = _run_phase(lambda: {n: f.mean(dim=(-2, -1))
+                                       for n, f in model.features(hooks, x, timestep, cond).items()},
+                              attention, model.unet)
+    else:
+        uncond = cond if cfg else None
+        peak = _run_phase(lambda: model.predict(x, timestep, cond, uncond, 10.0 if cfg else 1.0), attention,
+                          model.unet)
+    weights = parameter_bytes(model.unet)
+    return {"weights": weights, "peak": peak, "total": weights + peak}
+
+
+def estimate_vae(vae_config: dict = ZEROSCOPE_VAE_CONFIG, frames: int = 24, height: int = 320, width: int = 576,
+                 dtype: torch.dtype = torch.float16, *, decode: bool = True, slicing: bool = False,
+                 attention: str = "sdpa-fused") -> dict[str, int]:
+    """Bytes of `TextToVideo.decode_latents` (or `encode_frames`) of `frames` frames, sliced (one frame at a time)
+    or not. The frames (uint8) and latents come and go through the adapter as in a run. Returns weights, peak,
+    total."""
+    model = meta_model(ZEROSCOPE_UNET_CONFIG, vae_config, None, dtype)
+    return _vae(model, frames, height, width, decode=decode, slicing=slicing, attention=attention)
+
+
+def _vae(model, frames, height, width, *, decode, slicing, attention):
+    scale = model.vae_scale
+    previous = model.vae_slicing
+    model.vae_slicing = slicing
+    try:
+        if decode:
+            z = torch.empty(1, model.vae.config.latent_channels, frames, height // scale, width // scale,
+                            device="meta", dtype=torch.float32)
+            peak = _run_phase(lambda: model.decode_latents(z), attention, model.vae)
+        else:
+            video = np.zeros((frames, height, width, 3), np.uint8)
+            peak = _run_phase(lambda: model.encode_frames(video), attention, model.vae)
+    finally:
+        model.vae_slicing = previous
+    weights = parameter_bytes(model.vae)
+    return {"weights": weights, "peak": peak, "total": weights + peak}
+
+
+def estimate_text_encoder(text_config: dict = ZEROSCOPE_TEXT_ENCODER_CONFIG, dtype: torch.dtype = torch.float16,
+                          *, tokens: int = 77) -> dict[str, int]:
+    """Bytes of encoding one prompt. Returns weights, peak, total."""
+    model = meta_model(ZEROSCOPE_UNET_CONFIG, None, text_config, dtype)
+    ids = torch.zeros(1, tokens, dtype=torch.long, device="meta")
+    peak = _run_phase(lambda: model.text_encoder(ids), "sdpa-math")
+    weights = parameter_bytes(model.text_encoder)
+    return {"weights": weights, "peak": peak, "total": weights + peak}
+
+
+PHASES = ("text", "encode", "inversion", "source", "guidance", "sampling", "decode")
+
+
+@functools.lru_cache(maxsize=256)
+def _phase(name: str, unet_config: tuple, vae_config: tuple, text_config: tuple, dtype: torch.dtype, frames: int,
+           height: int, width: int, options: tuple) -> tuple[str, int, int, int | None]:
+    """(component, its weight bytes, peak activation bytes, graph bytes at backward) of one phase of a run."""
+    o = dict(options)
+    model = _meta_model(unet_config, vae_config, text_config, dtype)
+    size = dict(frames=frames, height=height, width=width)
+    if name == "text":
+        r = estimate_text_encoder(dict(text_config), dtype)
+        return "text_encoder", r["weights"], r["peak"], None
+    if name in ("encode", "decode"):
+        r = _vae(model, frames, height, width, decode=name == "decode", slicing=o["vae_slicing"],
+                 attention=o["attention"])
+        return "vae", r["weights"], r["peak"], None
+    common = dict(attention=o["attention"], timestep=981, text_tokens=77, vae_scale=model.vae_scale)
+    if name == "guidance":
+        r = _guided_iteration(model, **size, truncate=o["truncate"], activations=o["activations"], units=o["units"],
+                              layers=DEFAULT_LAYERS, loss="pairwise_cosine", **common)
+        return "unet", r["weights"], r["inputs"] + r["peak"], r["held"]
+    if name == "source":
+        r = _unet_pass(model, **size, cfg=False, truncate_after=DEFAULT_LAYERS, **common)
+    else:
+        r = _unet_pass(model, **size, cfg=name == "sampling", truncate_after=None, **common)
+    return "unet", r["weights"], r["peak"], None
+
+
+def estimate_run(unet_config: dict = ZEROSCOPE_UNET_CONFIG, vae_config: dict = ZEROSCOPE_VAE_CONFIG,
+                 text_config: dict = ZEROSCOPE_TEXT_ENCODER_CONFIG, frames: int = 24, height: int = 320,
+                 width: int = 576, dtype: torch.dtype = torch.float16, *, truncate: bool = True,
+                 activations: str = "none", attention: str = "sdpa-fused", units: str = "blocks",
+                 vae_slicing: bool = False, cpu_offload: bool = False,
+                 kept_latents: int = KEPT_LATENTS) -> dict[str, Any]:
+    """Device bytes of every phase of a transfer and their maximum, the run's peak.
+
+    Phases: text (encode a prompt), encode (the source frames, through the VAE), inversion (a UNet pass,
+    batch 1), source (the truncated pass for the source features), guidance (one guided iteration), sampling (a
+    CFG pass, batch 2), decode (the result). Each phase costs the weights resident during it (all components;
+    with `cpu_offload`, only the running one), the state kept across phases (`kept_latents` inverted latents
+    and the sampling latent) and the phase's own peak.
+
+    Returns {"phases": {name: {"component", "weights", "state", "activations", "total", "held"}}, "peak",
+    "peak_phase", "weights"} (bytes).
+    """
+    key = (_frozen(unet_config), _frozen(vae_config), _frozen(text_config), dtype, frames, height, width)
+    options = (("truncate", truncate), ("activations", activations), ("attention", attention), ("units", units),
+               ("vae_slicing", vae_slicing))
+    model = _meta_model(*key[:4])
+    _, channels, _, h, w = _latent_shape(model, frames, height, width, model.vae_scale)
+    latent = channels * frames * h * w
+    state = kept_latents * latent * torch.finfo(dtype).bits // 8 + latent * 4     # + the fp32 sampling latent
+    all_weights = parameter_bytes(model.unet) + parameter_bytes(model.vae) + parameter_bytes(model.text_encoder)
+    phases = {}
+    for name in PHASES:
+        component, weights, activation, held = _phase(name, *key, options)
+        resident = weights if cpu_offload else all_weights
+        phases[name] = {"component": component, "weights": resident, "state": state, "activations": activation,
+                        "held": held, "total": resident + state + activation}
+    peak_phase = max(phases, key=lambda n: phases[n]["total"])
+    return {"phases": phases, "peak": phases[peak_phase]["total"], "peak_phase": peak_phase,
+            "weights": all_weights}
+
+
+__all__ = ["activation_options", "checkpoint_blocks", "offload_activations", "unet_checkpoint_units",
+           "SavedTensorCounter", "LiveBytes", "fused_attention", "meta_model", "parameter_bytes",
+           "estimate_guided_iteration", "estimate_unet_pass", "estimate_vae", "estimate_text_encoder",
+           "estimate_run", "ACTIVATION_MODES", "ATTENTION_BACKENDS", "ZEROSCOPE_VAE_CONFIG",
+           "ZEROSCOPE_TEXT_ENCODER_CONFIG", "GIB"]
