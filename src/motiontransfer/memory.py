@@ -650,7 +650,8 @@ def _guided_iteration(model: TextToVideo, frames: int, height: int, width: int, 
         def loss_fn(latent):
             with counter:
                 value = motion_loss(loss, src, model.features(hooks, latent, timestep, cond))
-            record["held"] = tracker.current
+            if torch.is_grad_enabled():               # not the no-grad evaluation after the last step
+                record["held"] = tracker.current
             return value
 
         with tracker, option:

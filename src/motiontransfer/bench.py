@@ -1,0 +1,365 @@
+"""Benchmarks: the paper's comparison (motion fidelity against text fidelity, Fig. 8) and the speed benchmark.
+
+    motiontransfer bench --suite shapes --output-dir runs/bench          # the shipped suite
+    motiontransfer bench --suite my_suite.yaml --methods full sdedit_0.6 --output-dir runs/mine
+    motiontransfer bench --perf --output-dir runs/perf                   # reference preset against ours
+
+Suite format (YAML; paths relative to the file):
+
+    name: my-suite
+    model: null                    # optional: a model folder or hub id for every case (default: shipped)
+    text_fidelity: clip            # clip (CLIP text-frame similarity) or attributes (the shapes world's classifier)
+    clip_model: openai/clip-vit-base-patch32
+    options: {steps: 50}           # optional TransferConfig fields applied to every method
+    cases:
+      - name: car-to-bike          # optional; default case-NN
+        video: videos/car.mp4      # or  world: {seed: 3}  (a clip of the shapes world, 32x32, 16 frames)
+        prompt: a bike on a road
+        source_prompt: a car       # optional
+        box: [10, 20, 200, 150]    # optional first-frame box of the object (x0, y0, x1, y1 pixels) for scoring
+
+Every (case, method) result is written to `cases/<case>/<method>.json` as soon as it is done; a second run
+skips what is there (resumable). The summary goes to results.json, results.md and scatter.png.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+from .errors import ConfigError
+from .video import atomic_write_text, read_video, write_video
+
+logger = logging.getLogger(__name__)
+
+# name -> TransferConfig changes. "full" is the method with our defaults; the rest are its ablations and
+# the baselines of the paper's comparison.
+METHODS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "no_guidance": {"iterations": 0},                                  # LF init (Eq. 4) alone
+    "random_init": {"init": "random"},                                 # guidance from pure noise
+    "smm_loss": {"loss": "smm"},                                       # direct SMM, no pairwise differences
+    "feature_loss": {"loss": "features"},                              # full space-time features
+    "sdedit_0.6": {"init": "sdedit", "sdedit_strength": 0.6, "iterations": 0},
+    "sdedit_0.9": {"init": "sdedit", "sdedit_strength": 0.9, "iterations": 0},
+    "t2v": {"init": "random", "iterations": 0},                        # plain text-to-video
+}
+SUITES_DIR = Path(__file__).parent / "suites"
+
+
+@dataclass
+class Case:
+    name: str
+    frames: np.ndarray            # (F, H, W, 3) uint8
+    fps: float
+    prompt: str
+    source_prompt: str = ""
+    box: tuple[float, float, float, float] | None = None
+    centres: np.ndarray | None = None     # (F, 2) ground-truth object centres, for world cases
+
+
+def load_suite(suite: str | Path) -> tuple[dict, list[Case]]:
+    path = SUITES_DIR / f"{suite}.yaml" if str(suite) in {p.stem for p in SUITES_DIR.glob("*.yaml")} else Path(suite)
+    if not path.exists():
+        raise ConfigError(f"suite {suite} not found: give a YAML file or one of "
+                          f"{', '.join(p.stem for p in SUITES_DIR.glob('*.yaml'))}")
+    spec = yaml.safe_load(path.read_text()) or {}
+    known = {"name", "model", "text_fidelity", "clip_model", "options", "cases"}
+    unknown = set(spec) - known
+    if unknown:
+        raise ConfigError(f"unknown key(s) in suite {path}: {', '.join(sorted(unknown))}")
+    if spec.get("text_fidelity", "clip") not in ("clip", "attributes"):
+        raise ConfigError("text_fidelity must be clip or attributes")
+    cases = []
+    for i, c in enumerate(spec.get("cases") or []):
+        name = str(c.get("name", f"case-{i:02d}"))
+        if "prompt" not in c:
+            raise ConfigError(f"case {name} in {path} has no prompt")
+        centres = None
+        if "world" in c:
+            from . import world
+
+            w = dict(c["world"])
+            size, count = int(w.pop("size", 32)), int(w.pop("frames", 16))
+            clip = world.sample_clip(np.random.default_rng(int(w.pop("seed"))), size=size, frames=count, **w)
+            frames, fps, centres = clip.frames, 8.0, clip.centres
+            ys, xs = np.nonzero(clip.masks[0])
+            box = c.get("box") or (xs.min() - 2.0, ys.min() - 2.0, xs.max() + 3.0, ys.max() + 3.0)
+        elif "video" in c:
+            video = read_video(path.parent / c["video"])
+            frames, fps, box = video.frames, video.fps, c.get("box")
+        else:
+            raise ConfigError(f"case {name} in {path} needs `video` or `world`")
+        cases.append(Case(name=name, frames=frames, fps=fps, prompt=str(c["prompt"]),
+                          source_prompt=str(c.get("source_prompt", "")),
+                          box=tuple(float(v) for v in box) if box is not None else None, centres=centres))
+    if not cases:
+        raise ConfigError(f"suite {path} has no cases")
+    return spec, cases
+
+
+def score_case(case: Case, frames: np.ndarray, spec: dict, grid: int) -> dict:
+    """Motion fidelity against the source, text fidelity, and for world cases the object's trajectory."""
+    from .metrics import clip_text_similarity, score_videos
+
+    source = case.frames[:len(frames)]
+    scores: dict[str, Any] = {}
+    mf = score_videos(source, frames, grid=grid, box=case.box)
+    scores["motion_fidelity"] = mf["motion_fidelity"]
+    scores["motion_fidelity_one_sided"] = mf["motion_fidelity_one_sided"]
+    if spec.get("text_fidelity", "clip") == "attributes":
+        from .shapes_eval import attribute_fidelity, object_track, trajectory_agreement
+
+        fid = attribute_fidelity(frames, case.prompt)
+        scores["text_fidelity"] = fid["score"]
+        scores.update({k: fid[k] for k in ("colour_ok", "shape_ok", "background_ok")})
+        if case.centres is not None:
+            agree = trajectory_agreement(case.centres[:len(frames)], object_track(frames))
+            scores["velocity_cosine"] = agree["velocity_cosine"]
+            scores["centre_error_px"] = agree["centre_error"]
+    else:
+        clip = clip_text_similarity(frames, case.prompt, model=spec.get("clip_model",
+                                                                        "openai/clip-vit-base-patch32"))
+        scores["text_fidelity"] = clip["clip_score"]
+        scores["clip_model"] = clip["clip_model"]
+    return scores
+
+
+def run_case(case: Case, method: str, spec: dict, seed: int) -> tuple[dict, np.ndarray]:
+    from .pipeline import transfer
+
+    options = {**(spec.get("options") or {}), **METHODS[method]}
+    if spec.get("model") is not None:
+        options["model"] = spec["model"]
+    start = time.perf_counter()
+    result = transfer(case.frames, case.prompt, output_dir=False, quiet=True, fps=case.fps, seed=seed,
+                      source_prompt=case.source_prompt, **options)
+    seconds = time.perf_counter() - start
+    return {"case": case.name, "method": method, "prompt": case.prompt, "seed": seed, "seconds": round(seconds, 3),
+            "timings_s": {k: round(v, 3) for k, v in result.timings.items()}, "counts": result.counts,
+            "options": options}, result.frames
+
+
+def summarise(records: list[dict], methods: list[str]) -> list[dict]:
+    rows = []
+    for m in methods:
+        rs = [r for r in records if r["method"] == m]
+        if not rs:
+            continue
+
+        def mean(key):
+            values = [float(r[key]) for r in rs if r.get(key) is not None and np.isfinite(float(r[key]))]
+            return float(np.mean(values)) if values else None
+
+        row = {"method": m, "cases": len(rs), "motion_fidelity": mean("motion_fidelity"),
+               "motion_fidelity_std": float(np.std([r["motion_fidelity"] for r in rs])),
+               "text_fidelity": mean("text_fidelity"), "seconds": mean("seconds"),
+               "unet_forward": mean_count(rs, "unet_forward"), "unet_truncated_forward":
+                   mean_count(rs, "unet_truncated_forward"), "unet_backward": mean_count(rs, "unet_backward")}
+        for key in ("colour_ok", "shape_ok", "background_ok", "velocity_cosine", "centre_error_px"):
+            value = mean(key)
+            if value is not None:
+                row[key] = value
+        rows.append(row)
+    return rows
+
+
+def mean_count(records: list[dict], key: str) -> float:
+    return float(np.mean([r["counts"][key] for r in records]))
+
+
+def markdown_table(rows: list[dict], text_kind: str) -> str:
+    text_label = "attribute accuracy" if text_kind == "attributes" else "CLIP score"
+    head = ["method", "cases", "motion fidelity", f"text fidelity ({text_label})"]
+    extra = [k for k in ("colour_ok", "shape_ok", "velocity_cosine", "centre_error_px") if k in rows[0]]
+    head += [{"colour_ok": "colour %", "shape_ok": "shape %", "velocity_cosine": "velocity cos",
+              "centre_error_px": "centre error px"}[k] for k in extra]
+    head += ["s / video", "UNet fwd", "truncated fwd", "bwd"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["method"], str(r["cases"]), f"{r['motion_fidelity']:.3f} ± {r['motion_fidelity_std']:.3f}",
+                 "" if r["text_fidelity"] is None else f"{r['text_fidelity']:.3f}"]
+        for k in extra:
+            v = r.get(k)
+            cells.append("" if v is None else f"{100 * v:.0f}" if k.endswith("_ok") else f"{v:.2f}")
+        cells += [f"{r['seconds']:.1f}", f"{r['unet_forward']:.0f}", f"{r['unet_truncated_forward']:.0f}",
+                  f"{r['unet_backward']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def scatter(rows: list[dict], path: Path, title: str, text_kind: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=120)
+    for r in rows:
+        full = r["method"] == "full"
+        ax.scatter(r["text_fidelity"], r["motion_fidelity"], s=80 if full else 40,
+                   marker="*" if full else "o", zorder=3)
+        ax.annotate(r["method"], (r["text_fidelity"], r["motion_fidelity"]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("text fidelity (" + ("attribute accuracy" if text_kind == "attributes" else "CLIP score") + ")")
+    ax.set_ylabel("motion fidelity")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def bench_suite(suite: str | Path, output_dir: str | Path, *, methods: list[str] | None = None,
+                limit: int | None = None, seed: int = 0, grid: int = 30, quiet: bool = False) -> dict:
+    """Runs every case through every method, scores them, and writes results.json/.md and scatter.png."""
+    methods = methods or list(METHODS)
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ConfigError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+    spec, cases = load_suite(suite)
+    cases = cases[:limit] if limit else cases
+    out = Path(output_dir)
+    (out / "cases").mkdir(parents=True, exist_ok=True)
+    records = []
+    jobs = [(c, m) for c in cases for m in methods]
+    for case, method in tqdm(jobs, desc="bench", disable=quiet, dynamic_ncols=True):
+        path = out / "cases" / case.name / f"{method}.json"
+        if path.exists():
+            records.append(json.loads(path.read_text()))
+            continue
+        record, frames = run_case(case, method, spec, seed)
+        record.update(score_case(case, frames, spec, grid))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_video(path.with_suffix(".mp4"), frames, case.fps, min_size=128)
+        atomic_write_text(path, json.dumps(record, indent=2))
+        records.append(record)
+    rows = summarise(records, methods)
+    text_kind = spec.get("text_fidelity", "clip")
+    summary = {"suite": spec.get("name", str(suite)), "cases": len(cases), "methods": methods, "seed": seed,
+               "grid": grid, "rows": rows, "records": records}
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "results.md", markdown_table(rows, text_kind))
+    scatter(rows, out / "scatter.png", f"{summary['suite']}: {len(cases)} cases", text_kind)
+    return summary
+
+
+# -------------------------------------------------------------------------------------------------- perf
+
+def _perf_one(args: list[str]) -> None:
+    """Child process: one transfer, prints JSON with timings, counts, peak memory and the frames' path."""
+    import torch
+
+    from . import world
+    from .pipeline import transfer
+
+    preset, seed, frames, out = args[0], int(args[1]), int(args[2]), Path(args[3])
+    clip = world.sample_clip(np.random.default_rng(seed), size=32, frames=frames)
+    prompt = perf_prompt(clip.params)
+    start = time.perf_counter()
+    r = transfer(clip.frames, prompt, output_dir=False, quiet=True, preset=preset, seed=seed, frames=frames,
+                 use_cache=False)
+    seconds = time.perf_counter() - start
+    np.save(out, r.frames)
+    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"preset": preset, "seed": seed, "frames": frames, "seconds": seconds, "prompt": prompt,
+                      "timings_s": r.timings, "counts": r.counts, "peak_bytes": peak}))
+
+
+def perf_prompt(params) -> str:
+    """A target whose shape and colour both differ from the source clip's, on the same background."""
+    from . import world
+
+    colours = [c for c in world.allowed_colours(params.background) if c != params.colour]
+    shapes = [s for s in world.SHAPES if s != params.shape]
+    return f"a {colours[0]} {shapes[0]} on a {params.background} background"
+
+
+def bench_perf(output_dir: str | Path, *, seeds: int = 3, frames: tuple[int, ...] = (8, 16, 24, 32),
+               quiet: bool = False) -> dict:
+    """Reference preset against ours on the shipped model, alternating, each run in its own process (so that
+    peak memory is per run); then a frame sweep of ours. Reports ratios measured in the same run."""
+    from . import world
+    from .metrics import score_videos
+    from .shapes_eval import attribute_fidelity
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    plan = [(p, s, 16) for s in range(seeds) for p in ("reference", "default")] + \
+           [("default", 0, f) for f in frames]
+    for preset, seed, count in tqdm(plan, desc="perf", disable=quiet, dynamic_ncols=True):
+        target = out / f"{preset}-{seed}-{count}.npy"
+        line = subprocess.run([sys.executable, "-m", "motiontransfer.bench", "_perf_one", preset, str(seed),
+                               str(count), str(target)], check=True, capture_output=True, text=True).stdout
+        record = json.loads(line.strip().splitlines()[-1])
+        edited = np.load(target)
+        clip = world.sample_clip(np.random.default_rng(seed), size=32, frames=count)
+        record["motion_fidelity"] = score_videos(clip.frames, edited, grid=30)["motion_fidelity"]
+        record["text_fidelity"] = attribute_fidelity(edited, record["prompt"])["score"]
+        runs.append(record)
+    pairs = [r for r in runs if r["frames"] == 16]
+    ref = [r for r in pairs if r["preset"] == "reference"][:seeds]
+    ours = [r for r in pairs if r["preset"] == "default"][:seeds]
+
+    def avg(rs, key):
+        return float(np.mean([r[key] for r in rs]))
+
+    summary = {
+        "reference_s": avg(ref, "seconds"), "default_s": avg(ours, "seconds"),
+        "speedup": avg(ref, "seconds") / avg(ours, "seconds"),
+        "reference_motion_fidelity": avg(ref, "motion_fidelity"), "default_motion_fidelity": avg(ours, "motion_fidelity"),
+        "reference_text_fidelity": avg(ref, "text_fidelity"), "default_text_fidelity": avg(ours, "text_fidelity"),
+        "reference_peak_mb": avg(ref, "peak_bytes") / 2**20, "default_peak_mb": avg(ours, "peak_bytes") / 2**20,
+        "sweep": [{"frames": r["frames"], "seconds": r["seconds"], "peak_mb": r["peak_bytes"] / 2**20}
+                  for r in runs[2 * seeds:]],
+        "runs": runs,
+    }
+    lines = ["| preset | s / video | inversion s | sampling s | UNet fwd | truncated fwd | bwd | peak MB | "
+             "motion fidelity | text fidelity |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, rs in (("reference", ref), ("default", ours)):
+        lines.append(f"| {name} | {avg(rs, 'seconds'):.1f} | "
+                     f"{np.mean([r['timings_s'].get('inversion', 0) for r in rs]):.1f} | "
+                     f"{np.mean([r['timings_s'].get('sampling', 0) for r in rs]):.1f} | "
+                     f"{np.mean([r['counts']['unet_forward'] for r in rs]):.0f} | "
+                     f"{np.mean([r['counts']['unet_truncated_forward'] for r in rs]):.0f} | "
+                     f"{np.mean([r['counts']['unet_backward'] for r in rs]):.0f} | "
+                     f"{avg(rs, 'peak_bytes') / 2**20:.0f} | {avg(rs, 'motion_fidelity'):.3f} | "
+                     f"{avg(rs, 'text_fidelity'):.3f} |")
+    lines += ["", f"speed-up (reference / default): {summary['speedup']:.2f}x", "",
+              "| frames | s / video | peak MB |", "|---|---|---|"]
+    lines += [f"| {s['frames']} | {s['seconds']:.1f} | {s['peak_mb']:.0f} |" for s in summary["sweep"]]
+    atomic_write_text(out / "perf.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "perf.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return summary
+
+
+def bench(args) -> None:
+    """CLI entry (`motiontransfer bench`)."""
+    if args.perf:
+        bench_perf(args.output_dir, quiet=args.quiet)
+        return
+    summary = bench_suite(args.suite, args.output_dir, methods=args.methods, limit=args.limit, quiet=args.quiet)
+    spec_kind = "attributes" if summary["rows"] and "colour_ok" in summary["rows"][0] else "clip"
+    print(markdown_table(summary["rows"], spec_kind))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_perf_one":
+        logging.basicConfig(level=logging.ERROR)
+        _perf_one(sys.argv[2:])

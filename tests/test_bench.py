@@ -1,0 +1,70 @@
+"""The benchmark: suite loading, the table and plot, resuming."""
+
+import json
+
+import pytest
+
+from motiontransfer import bench
+from motiontransfer.errors import ConfigError
+
+
+@pytest.fixture()
+def suite(tiny_model, tmp_path):
+    path = tmp_path / "suite.yaml"
+    path.write_text(f"""
+name: tiny
+model: {tiny_model}
+text_fidelity: attributes
+options: {{steps: 3, iterations: 2, cache_dir: {tmp_path / 'cache'}}}
+cases:
+  - {{name: one, world: {{seed: 10000}}, prompt: "a green star on a white background"}}
+  - {{name: two, world: {{seed: 10001}}, prompt: "a red circle on a white background"}}
+""")
+    return path
+
+
+def test_shipped_shapes_suite_has_enough_cases_with_different_targets():
+    from motiontransfer import world
+
+    spec, cases = bench.load_suite("shapes")
+    assert spec["text_fidelity"] == "attributes" and len(cases) >= 20
+    for case in cases:
+        target = world.parse_caption(case.prompt)
+        assert case.frames.shape == (16, 32, 32, 3) and case.centres.shape == (16, 2)
+        assert case.box is not None
+        assert target["shape"] and target["colour"] and target["background"]
+
+
+def test_bench_writes_table_plot_and_resumes(suite, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    summary = bench.bench_suite(suite, out, methods=["full", "t2v", "sdedit_0.6"], quiet=True, grid=10)
+    assert [r["method"] for r in summary["rows"]] == ["full", "t2v", "sdedit_0.6"]
+    assert (out / "scatter.png").stat().st_size > 1000
+    table = (out / "results.md").read_text()
+    assert "| full | 2 |" in table and "colour %" in table
+    records = json.loads((out / "results.json").read_text())["records"]
+    assert len(records) == 6
+    full = [r for r in records if r["method"] == "full"][0]
+    assert -1.0 <= full["motion_fidelity"] <= 1.0 and 0.0 <= full["text_fidelity"] <= 1.0
+    assert full["counts"]["unet_backward"] > 0
+    t2v = [r for r in records if r["method"] == "t2v"][0]
+    assert t2v["counts"]["unet_backward"] == 0 and t2v["counts"]["unet_truncated_forward"] == 0
+
+    def fail(*a, **k):
+        raise AssertionError("a finished case was run again")
+
+    monkeypatch.setattr(bench, "run_case", fail)
+    again = bench.bench_suite(suite, out, methods=["full", "t2v", "sdedit_0.6"], quiet=True, grid=10)
+    assert again["rows"] == summary["rows"]
+
+
+def test_bad_suites_and_methods_are_errors(tmp_path, suite):
+    with pytest.raises(ConfigError, match="unknown method"):
+        bench.bench_suite(suite, tmp_path / "o", methods=["nope"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cases: [{prompt: x}]\n")
+    with pytest.raises(ConfigError, match="needs `video` or `world`"):
+        bench.load_suite(bad)
+    bad.write_text("colour: red\ncases: []\n")
+    with pytest.raises(ConfigError, match="unknown key"):
+        bench.load_suite(bad)
