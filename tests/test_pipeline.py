@@ -95,3 +95,15 @@ def test_sdedit_baseline_starts_part_way_and_needs_no_inversion(opts):
                                 sdedit_strength=0.6, iterations=0, **opts)
     assert r.history.unet_passes == 4                       # of 831, 665, 499, 333, 167, 1: those <= 600
     assert "inversion" not in r.timings and r.counts["unet_truncated_forward"] == 0
+
+
+def test_demo_writes_source_result_comparison_and_trajectory_plot(opts, tmp_path):
+    from motiontransfer.demo import demo
+
+    out = demo(output_dir=tmp_path / "demo", seed=0, model=opts["model"], steps=3, cache_dir=opts["cache_dir"],
+               quiet=True)
+    for name in ("source.mp4", "result.mp4", "comparison.mp4", "trajectory.png", "run.json"):
+        assert (out / name).stat().st_size > 0, name
+    record = json.loads((out / "run.json").read_text())
+    assert "velocity_cosine" in record["demo"]["trajectory"]
+    assert record["prompt"] != record["demo"]["source"]

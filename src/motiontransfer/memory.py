@@ -96,6 +96,13 @@ def _tensors(obj) -> Iterator[torch.Tensor]:
             yield from _tensors(item)
 
 
+def _alias(tensor: torch.Tensor) -> torch.Tensor:
+    """What a pack hook returns to keep a tensor as it is. The tensor itself would be a reference cycle when it is
+    the output of the op saving it (node -> tensor -> grad_fn = node), freed only by the garbage collector; an
+    alias without autograd history keeps the same storage and no cycle, as autograd's own saving does."""
+    return tensor.detach()
+
+
 def _map_tensors(fn: Callable[[torch.Tensor], Any], obj):
     if isinstance(obj, torch.Tensor):
         return fn(obj)
@@ -288,7 +295,7 @@ def checkpoint_blocks(model: nn.Module, names: Iterable[str], *,
     return BlockCheckpointing(model, names, recompute_context=recompute_context)
 
 
-def unet_checkpoint_units(unet: nn.Module, units: str = "blocks") -> list[str]:
+def unet_checkpoint_units(unet: nn.Module, units: str = "layers") -> list[str]:
     """What `checkpoint` recomputes as one piece: the UNet's top-level blocks (`blocks`: down_blocks.i,
     mid_block, up_blocks.i) or every layer inside them (`layers`: resnets.j, temp_convs.j, attentions.j,
     temp_attentions.j, the down- and upsamplers)."""
@@ -332,7 +339,7 @@ class offload_activations:
 
     def _pack(self, tensor: torch.Tensor):
         if tensor.device.type == "cpu" or id(_storage(tensor)) in self._resident:
-            return None, tensor
+            return None, _alias(tensor)
         self.host_bytes += tensor.numel() * tensor.element_size()
         return tensor.device, self.to_host(tensor)
 
@@ -350,7 +357,7 @@ class offload_activations:
 
 
 @contextlib.contextmanager
-def activation_options(unet: nn.Module, mode: str = "none", *, units: str = "blocks",
+def activation_options(unet: nn.Module, mode: str = "none", *, units: str = "layers",
                        names: Iterable[str] | None = None) -> Iterator[BlockCheckpointing | offload_activations | None]:
     """What the guidance step keeps for backward: `none`, `checkpoint` (the `units` of `unet_checkpoint_units`,
     or the modules `names`) or `offload`. Open it around the forward and backward of the guidance step:
@@ -400,7 +407,7 @@ class SavedTensorCounter:
         if id(storage) not in self._exclude and id(storage) not in self._seen:
             self._seen[id(storage)] = storage
             self.bytes += storage.nbytes()
-        return tensor
+        return _alias(tensor)
 
 
 class LiveBytes(TorchDispatchMode):
@@ -508,7 +515,7 @@ class _SimulatedOffload(offload_activations):
             self.host_bytes += tensor.numel() * tensor.element_size()
             with self._tracker.untracked():
                 return tensor.device, torch.empty_like(tensor)
-        return None, tensor
+        return None, _alias(tensor)
 
     def to_device(self, host, device):
         return torch.empty_like(host)
@@ -596,7 +603,7 @@ def _text_states(model: TextToVideo, tokens: int) -> torch.Tensor:
 
 def estimate_guided_iteration(unet_config: dict = ZEROSCOPE_UNET_CONFIG, frames: int = 24, height: int = 320,
                               width: int = 576, dtype: torch.dtype = torch.float16, *, truncate: bool = True,
-                              activations: str = "none", attention: str = "sdpa-fused", units: str = "blocks",
+                              activations: str = "none", attention: str = "sdpa-fused", units: str = "layers",
                               layers: tuple[str, ...] = DEFAULT_LAYERS, loss: str = "pairwise_cosine",
                               timestep: int = 981, text_tokens: int = 77,
                               vae_scale: int = ZEROSCOPE_VAE_SCALE) -> dict[str, int]:
@@ -769,7 +776,7 @@ def _phase(name: str, unet_config: tuple, vae_config: tuple, text_config: tuple,
 def estimate_run(unet_config: dict = ZEROSCOPE_UNET_CONFIG, vae_config: dict = ZEROSCOPE_VAE_CONFIG,
                  text_config: dict = ZEROSCOPE_TEXT_ENCODER_CONFIG, frames: int = 24, height: int = 320,
                  width: int = 576, dtype: torch.dtype = torch.float16, *, truncate: bool = True,
-                 activations: str = "none", attention: str = "sdpa-fused", units: str = "blocks",
+                 activations: str = "none", attention: str = "sdpa-fused", units: str = "layers",
                  vae_slicing: bool = False, cpu_offload: bool = False,
                  kept_latents: int = KEPT_LATENTS) -> dict[str, Any]:
     """Device bytes of every phase of a transfer and their maximum, the run's peak.
