@@ -107,3 +107,12 @@ def test_demo_writes_source_result_comparison_and_trajectory_plot(opts, tmp_path
     record = json.loads((out / "run.json").read_text())
     assert "velocity_cosine" in record["demo"]["trajectory"]
     assert record["prompt"] != record["demo"]["source"]
+
+
+def test_cpu_offload_and_vae_slicing_leave_the_result_unchanged(opts):
+    video = moving_square()
+    plain = motiontransfer.transfer(video, "a green star", output_dir=False, seed=5, **opts)
+    lean = motiontransfer.transfer(video, "a green star", output_dir=False, seed=5, cpu_offload=True,
+                                   vae_slicing=True, **opts)
+    assert np.abs(plain.frames.astype(int) - lean.frames).max() <= 1
+    assert lean.config.cpu_offload and get_model(lean.config).cpu_offload

@@ -337,8 +337,12 @@ class offload_activations:
         self._hooks.__exit__(*exc)
         self._hooks = None
 
+    def stays(self, tensor: torch.Tensor) -> bool:
+        """Whether a saved tensor is kept where it is: it is on the host already, or on a resident storage."""
+        return tensor.device.type == "cpu" or id(_storage(tensor)) in self._resident
+
     def _pack(self, tensor: torch.Tensor):
-        if tensor.device.type == "cpu" or id(_storage(tensor)) in self._resident:
+        if self.stays(tensor):
             return None, _alias(tensor)
         self.host_bytes += tensor.numel() * tensor.element_size()
         return tensor.device, self.to_host(tensor)
@@ -348,7 +352,9 @@ class offload_activations:
         return tensor if device is None else self.to_device(tensor, device)
 
     def to_host(self, tensor: torch.Tensor) -> torch.Tensor:
-        host = torch.empty(tensor.size(), dtype=tensor.dtype, layout=tensor.layout, pin_memory=self.pin_memory)
+        # empty_like keeps the strides of a dense tensor: backward then sees the layout it would have seen (a
+        # contiguous copy of a transposed tensor can take another kernel and round differently)
+        host = torch.empty_like(tensor, device="cpu", pin_memory=self.pin_memory)
         host.copy_(tensor)
         return host
 
@@ -510,12 +516,12 @@ class _SimulatedOffload(offload_activations):
         super().__init__(resident=resident, pin_memory=False)
         self._tracker = tracker
 
-    def _pack(self, tensor):
-        if tensor.device.type == "meta" and id(_storage(tensor)) not in self._resident:
-            self.host_bytes += tensor.numel() * tensor.element_size()
-            with self._tracker.untracked():
-                return tensor.device, torch.empty_like(tensor)
-        return None, _alias(tensor)
+    def stays(self, tensor):
+        return tensor.device.type != "meta" or id(_storage(tensor)) in self._resident
+
+    def to_host(self, tensor):
+        with self._tracker.untracked():
+            return torch.empty_like(tensor)
 
     def to_device(self, host, device):
         return torch.empty_like(host)

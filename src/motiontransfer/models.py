@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -177,6 +178,27 @@ class TextToVideo:
     device: torch.device
     dtype: torch.dtype
     vae_slicing: bool = False
+    cpu_offload: bool = False      # text encoder and VAE live on the CPU and visit the device only to run
+
+    @contextmanager
+    def _running(self, module: torch.nn.Module):
+        """With cpu_offload, moves `module` to the device for the duration, then back to the CPU."""
+        if not self.cpu_offload or self.device.type == "cpu":
+            yield module
+            return
+        module.to(self.device)
+        try:
+            yield module
+        finally:
+            module.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def set_cpu_offload(self, enabled: bool) -> None:
+        self.cpu_offload = enabled
+        target = "cpu" if enabled else self.device
+        self.text_encoder.to(target)
+        self.vae.to(target)
 
     @property
     def vae_scale(self) -> int:
@@ -192,7 +214,8 @@ class TextToVideo:
         """(B, T, D) text embeddings, padded to the tokenizer's model_max_length as in training."""
         tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
-        hidden = self.text_encoder(tokens.input_ids.to(self.device)).last_hidden_state
+        with self._running(self.text_encoder) as encoder:
+            hidden = encoder(tokens.input_ids.to(self.device)).last_hidden_state
         return hidden.to(self.dtype)
 
     # pixels <-> latents ----------------------------------------------------------------------------
@@ -202,7 +225,8 @@ class TextToVideo:
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
         x = x.permute(0, 3, 1, 2).to(self.dtype).div(127.5).sub(1.0)            # (F, 3, H, W) in [-1, 1]
         chunk = 1 if self.vae_slicing else len(x)
-        z = torch.cat([self.vae.encode(x[i:i + chunk]).latent_dist.mean for i in range(0, len(x), chunk)])
+        with self._running(self.vae) as vae:
+            z = torch.cat([vae.encode(x[i:i + chunk]).latent_dist.mean for i in range(0, len(x), chunk)])
         # contiguous: kernels round differently on other strides, and cached latents come back contiguous
         return (z * self.scaling_factor).permute(1, 0, 2, 3).unsqueeze(0).contiguous()   # (1, C, F, h, w)
 
@@ -211,7 +235,8 @@ class TextToVideo:
         """(1, C, F, h, w) -> (F, H, W, 3) uint8."""
         z = latents[0].permute(1, 0, 2, 3).to(self.dtype) / self.scaling_factor  # (F, C, h, w)
         chunk = 1 if self.vae_slicing else len(z)
-        x = torch.cat([self.vae.decode(z[i:i + chunk]).sample for i in range(0, len(z), chunk)])
+        with self._running(self.vae) as vae:
+            x = torch.cat([vae.decode(z[i:i + chunk]).sample for i in range(0, len(z), chunk)])
         x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return x.permute(0, 2, 3, 1).cpu().numpy()
 

@@ -77,6 +77,8 @@ def get_model(config: TransferConfig) -> TextToVideo:
                                   allow_unsafe_weights=config.allow_unsafe_weights)
     model = _MODELS[key]
     model.vae_slicing = config.vae_slicing
+    if model.cpu_offload != config.cpu_offload:
+        model.set_cpu_offload(config.cpu_offload)
     return model
 
 

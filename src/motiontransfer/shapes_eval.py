@@ -808,7 +808,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=shipped_classifier_path(), help="folder (the shipped weights)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=2500)
-    p = sub.add_parser("report", parents=[common], help="measure the model's quality bar; prints a table and writes JSON")
+    p = sub.add_parser("report", parents=[common], help="measure the model's quality bar: a table, and JSON")
     p.add_argument("--model", default=None, help="model folder (default: the shipped shapes model)")
     p.add_argument("--n", type=int, default=60, help="text-to-video prompts (60)")
     p.add_argument("--pairs", type=int, default=20, help="motion transfer pairs (20)")
