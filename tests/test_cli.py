@@ -344,3 +344,25 @@ def test_debug_shows_the_model_error(source, tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         cli.main(["transfer", str(source), "--prompt", "a star", "--model", str(tmp_path / "none"),
                   "--output-dir", str(tmp_path / "out"), "--quiet", "--debug"])
+
+
+def test_score_prints_two_sided_motion_fidelity_and_writes_json(tmp_path, capsys):
+    import numpy as np
+
+    from motiontransfer import world
+    from motiontransfer.video import write_video
+
+    clip = world.sample_clip(np.random.default_rng(4), size=64, frames=12, motion="linear")
+    write_video(tmp_path / "a.mp4", clip.frames, 8)
+    write_video(tmp_path / "b.mp4", clip.frames[::-1].copy(), 8)
+    ys, xs = np.nonzero(clip.masks[0])
+    box = f"{xs.min() - 2},{ys.min() - 2},{xs.max() + 3},{ys.max() + 3}"
+    code, out, _ = run(capsys, "score", tmp_path / "a.mp4", tmp_path / "a.mp4", "--box", box, "--grid", "20",
+                       "--output", tmp_path / "s.json")
+    same = json.loads(out)
+    assert code == 0 and same["motion_fidelity"] > 0.99 and same["tracker"] == "lk"
+    assert json.loads((tmp_path / "s.json").read_text()) == same
+    code, out, _ = run(capsys, "score", tmp_path / "a.mp4", tmp_path / "b.mp4", "--box", box, "--grid", "20")
+    assert code == 0 and json.loads(out)["motion_fidelity"] < 0.3
+    code, _, err = run(capsys, "score", tmp_path / "a.mp4", tmp_path / "b.mp4", "--tracker", "cotracker")
+    assert code != 0 and err.startswith("error:") and len(err.strip().splitlines()) == 1

@@ -391,12 +391,14 @@ class SavedTensorCounter:
     (the parameters, counted as weights) do not count. Inner `saved_tensors_hooks` (checkpointing, offload) hide
     what they pack from it."""
 
-    def __init__(self, exclude: Iterable[torch.Tensor] = ()):
+    def __init__(self, exclude: Iterable[torch.Tensor] = (), label: Callable[[], str] | None = None):
         self._exclude = {id(_storage(t)): _storage(t) for t in exclude}
         self._seen: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self._label = label
         self._hooks = None
         self.bytes = 0             # distinct storages saved, excluded ones left out
         self.tensors = 0           # saved tensors, all of them
+        self.by_label: dict[str, int] = {}     # bytes by what `label()` said when each storage was first saved
 
     def __enter__(self) -> "SavedTensorCounter":
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
@@ -413,6 +415,9 @@ class SavedTensorCounter:
         if id(storage) not in self._exclude and id(storage) not in self._seen:
             self._seen[id(storage)] = storage
             self.bytes += storage.nbytes()
+            if self._label is not None:
+                label = self._label()
+                self.by_label[label] = self.by_label.get(label, 0) + storage.nbytes()
         return _alias(tensor)
 
 
@@ -473,6 +478,31 @@ class LiveBytes(TorchDispatchMode):
 
     def _free(self, key: int) -> None:
         self.current -= self._live.pop(key)
+
+
+def cpu_allocator_peak(fn: Callable[[], Any]) -> int:
+    """The real peak of the CPU allocator while `fn` runs, above where it started, in bytes: for checking the
+    meta counts against a run that allocates. Reads the allocation events of the PyTorch profiler
+    (`profile_memory=True`) through its experimental event tree; raises RuntimeError where this torch lacks it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    try:
+        allocation = torch._C._profiler._EventType.Allocation
+        stack, events = list(prof.profiler.kineto_results.experimental_event_tree()), []
+    except AttributeError as e:
+        raise RuntimeError(f"this torch's profiler does not expose allocation events ({e})") from None
+    while stack:
+        event = stack.pop()
+        stack.extend(event.children)
+        if event.tag == allocation:
+            events.append(event)
+    if not events:
+        return 0
+    events.sort(key=lambda e: e.start_time_ns)
+    start = events[0].extra_fields.total_allocated - events[0].extra_fields.alloc_size
+    return max(e.extra_fields.total_allocated for e in events) - start
 
 
 class _FusedAttention(torch.autograd.Function):
@@ -790,8 +820,8 @@ def estimate_run(unet_config: dict = ZEROSCOPE_UNET_CONFIG, vae_config: dict = Z
     Phases: text (encode a prompt), encode (the source frames, through the VAE), inversion (a UNet pass,
     batch 1), source (the truncated pass for the source features), guidance (one guided iteration), sampling (a
     CFG pass, batch 2), decode (the result). Each phase costs the weights resident during it (all components;
-    with `cpu_offload`, only the running one), the state kept across phases (`kept_latents` inverted latents
-    and the sampling latent) and the phase's own peak.
+    with `cpu_offload`, as `TextToVideo.cpu_offload` does it, the UNet and the running text encoder or VAE), the
+    state kept across phases (`kept_latents` inverted latents and the sampling latent) and the phase's own peak.
 
     Returns {"phases": {name: {"component", "weights", "state", "activations", "total", "held"}}, "peak",
     "peak_phase", "weights"} (bytes).
@@ -803,11 +833,13 @@ def estimate_run(unet_config: dict = ZEROSCOPE_UNET_CONFIG, vae_config: dict = Z
     _, channels, _, h, w = _latent_shape(model, frames, height, width, model.vae_scale)
     latent = channels * frames * h * w
     state = kept_latents * latent * torch.finfo(dtype).bits // 8 + latent * 4     # + the fp32 sampling latent
-    all_weights = parameter_bytes(model.unet) + parameter_bytes(model.vae) + parameter_bytes(model.text_encoder)
+    unet_weights = parameter_bytes(model.unet)
+    all_weights = unet_weights + parameter_bytes(model.vae) + parameter_bytes(model.text_encoder)
     phases = {}
     for name in PHASES:
         component, weights, activation, held = _phase(name, *key, options)
-        resident = weights if cpu_offload else all_weights
+        # TextToVideo.cpu_offload: the UNet stays; the text encoder and the VAE come to the device only to run
+        resident = (unet_weights + (weights if component != "unet" else 0)) if cpu_offload else all_weights
         phases[name] = {"component": component, "weights": resident, "state": state, "activations": activation,
                         "held": held, "total": resident + state + activation}
     peak_phase = max(phases, key=lambda n: phases[n]["total"])
@@ -816,7 +848,7 @@ def estimate_run(unet_config: dict = ZEROSCOPE_UNET_CONFIG, vae_config: dict = Z
 
 
 __all__ = ["activation_options", "checkpoint_blocks", "offload_activations", "unet_checkpoint_units",
-           "SavedTensorCounter", "LiveBytes", "fused_attention", "meta_model", "parameter_bytes",
+           "SavedTensorCounter", "LiveBytes", "fused_attention", "cpu_allocator_peak", "meta_model", "parameter_bytes",
            "estimate_guided_iteration", "estimate_unet_pass", "estimate_vae", "estimate_text_encoder",
            "estimate_run", "ACTIVATION_MODES", "ATTENTION_BACKENDS", "ZEROSCOPE_VAE_CONFIG",
            "ZEROSCOPE_TEXT_ENCODER_CONFIG", "GIB"]

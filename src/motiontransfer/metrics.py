@@ -71,7 +71,8 @@ __all__ = [
     "track_points",
 ]
 
-TRACKERS = ("lk", "cotracker")
+TRACKERS = ("lk", "flow", "cotracker")
+FLOW_FB_MAX_ERR = 2.0   # px at the working size; dense flow is smoother but less exact per point than LK
 DEFAULT_GRID = 55                   # query points per side on frame 0, as in the reference (CoTracker, 55 x 55)
 STATIC_EPS_PX = 0.1                 # px; a displacement shorter than this is "static" (see module docstring)
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
@@ -198,7 +199,8 @@ def track_points(
 
     points: explicit query points (N, 2) (x, y) on frame 0; when given, `grid` is not used and `mask`/`box` must
     be None. Otherwise the query points are `query_grid(H, W, grid, mask=mask, box=box)`.
-    tracker: "lk" (OpenCV pyramidal Lucas-Kanade, chained frame to frame with a forward-backward check) or
+    tracker: "lk" (OpenCV pyramidal Lucas-Kanade, chained frame to frame with a forward-backward check), "flow"
+    (dense DIS optical flow, chained, same check; for flat-coloured objects such as the shapes world) or
     "cotracker" (needs the `cotracker` package and `cotracker_checkpoint`).
     """
     frames = _check_frames(frames)
@@ -215,6 +217,8 @@ def track_points(
         used_grid = int(grid)
     if tracker == "lk":
         xy, valid = _track_lk(frames, query)
+    elif tracker == "flow":
+        xy, valid = _track_flow(frames, query)
     else:
         xy, valid = _track_cotracker(frames, query, cotracker_checkpoint)
     return Tracks(xy=xy, valid=valid, tracker=tracker, grid=used_grid)
@@ -226,11 +230,10 @@ def _lk_params(short_side: int) -> tuple[tuple[int, int], int]:
     return (win, win), levels
 
 
-def _track_lk(frames: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pyramidal LK from frame t-1 to t for t = 1 .. F-1 on grayscale frames (upsampled if small, see LK_MIN_SIDE).
-
-    Each step also tracks the new positions back to frame t-1; a point is dropped for good when either pass
-    reports status 0, the round trip misses its start by more than LK_FB_MAX_ERR, or it leaves the frame.
+def _chain(frames: np.ndarray, query: np.ndarray, step) -> tuple[np.ndarray, np.ndarray]:
+    """Tracks points from frame t-1 to t for t = 1 .. F-1 on grayscale frames (upsampled if small, see
+    LK_MIN_SIDE). `step(gray_a, gray_b, p (n, 2), inside) -> (p_next (n, 2), ok (n,) bool)` moves the live
+    points one frame in OpenCV's coordinates; a point not ok is dropped for good and holds its last position.
     """
     num_frames, height, width, _ = frames.shape
     scale = max(1.0, LK_MIN_SIDE / min(height, width))
@@ -242,8 +245,6 @@ def _track_lk(frames: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.nda
         if (work_w, work_h) != (width, height):
             gray = cv2.resize(gray, (work_w, work_h), interpolation=cv2.INTER_CUBIC)
         grays.append(gray)
-    win, levels = _lk_params(min(work_w, work_h))
-    lk = dict(winSize=win, maxLevel=levels, criteria=LK_CRITERIA)
 
     # OpenCV's coordinates at the working size: pixel centres at integers, x_cv = x * sx - 0.5
     cur = np.empty_like(query)                                # (N, 2)
@@ -267,17 +268,54 @@ def _track_lk(frames: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.nda
     for t in range(1, num_frames):
         idx = np.flatnonzero(alive)
         if idx.size:
-            p0 = np.ascontiguousarray(cur[idx].reshape(-1, 1, 2))
-            p1, st_fwd, _ = cv2.calcOpticalFlowPyrLK(grays[t - 1], grays[t], p0, None, **lk)
-            p0_back, st_bwd, _ = cv2.calcOpticalFlowPyrLK(grays[t], grays[t - 1], p1, None, **lk)
-            p0, p1, p0_back = p0.reshape(-1, 2), p1.reshape(-1, 2), p0_back.reshape(-1, 2)
-            with np.errstate(invalid="ignore"):
-                round_trip = np.linalg.norm(p0_back - p0, axis=1)
-                ok = (st_fwd.ravel() == 1) & (st_bwd.ravel() == 1) & (round_trip <= LK_FB_MAX_ERR) & inside(p1)
+            p1, ok = step(grays[t - 1], grays[t], np.ascontiguousarray(cur[idx]), inside)
             cur[idx[ok]] = p1[ok]
-            alive[idx[~ok]] = False                          # lost for good; holds its last position
+            alive[idx[~ok]] = False
         store(t)
     return xy, alive
+
+
+def _track_lk(frames: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pyramidal LK, chained; each step also tracks the new positions back to frame t-1, and a point is dropped
+    when either pass reports status 0, the round trip misses its start by more than LK_FB_MAX_ERR, or it
+    leaves the frame. Points in flat, textureless regions get status 0: LK needs texture."""
+    win, levels = _lk_params(max(LK_MIN_SIDE, min(frames.shape[1:3])))
+    lk = dict(winSize=win, maxLevel=levels, criteria=LK_CRITERIA)
+
+    def step(a, b, p0, inside):
+        p0 = p0.reshape(-1, 1, 2)
+        p1, st_fwd, _ = cv2.calcOpticalFlowPyrLK(a, b, p0, None, **lk)
+        p0_back, st_bwd, _ = cv2.calcOpticalFlowPyrLK(b, a, p1, None, **lk)
+        p0, p1, p0_back = p0.reshape(-1, 2), p1.reshape(-1, 2), p0_back.reshape(-1, 2)
+        with np.errstate(invalid="ignore"):
+            round_trip = np.linalg.norm(p0_back - p0, axis=1)
+            ok = (st_fwd.ravel() == 1) & (st_bwd.ravel() == 1) & (round_trip <= LK_FB_MAX_ERR) & inside(p1)
+        return p1, ok
+
+    return _chain(frames, query, step)
+
+
+def _sample_flow(flow: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Bilinear samples of a dense flow (H, W, 2) at points (n, 2) in OpenCV coordinates."""
+    maps = p.reshape(1, -1, 2).astype(np.float32)
+    return cv2.remap(flow, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0]
+
+
+def _track_flow(frames: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dense optical flow (OpenCV's DIS, variational refinement), chained, with the same forward-backward check
+    as LK. The flow's smoothness term fills textureless regions from their edges, so points inside a flat-coloured
+    object move with it and points on a plain background stay put: what LK cannot do (the shapes world)."""
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+
+    def step(a, b, p0, inside):
+        forward = dis.calc(a, b, None)
+        backward = dis.calc(b, a, None)
+        p1 = p0 + _sample_flow(forward, p0)
+        p0_back = p1 + _sample_flow(backward, p1)
+        ok = (np.linalg.norm(p0_back - p0, axis=1) <= FLOW_FB_MAX_ERR) & inside(p1)
+        return p1, ok
+
+    return _chain(frames, query, step)
 
 
 def _track_cotracker(frames: np.ndarray, query: np.ndarray, checkpoint) -> tuple[np.ndarray, np.ndarray]:
