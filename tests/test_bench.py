@@ -15,6 +15,7 @@ def suite(tiny_model, tmp_path):
 name: tiny
 model: {tiny_model}
 text_fidelity: attributes
+tracker: flow
 options: {{steps: 3, iterations: 2, cache_dir: {tmp_path / 'cache'}}}
 cases:
   - {{name: one, world: {{seed: 10000}}, prompt: "a green star on a white background"}}

@@ -10,6 +10,7 @@ Suite format (YAML; paths relative to the file):
     model: null                    # optional: a model folder or hub id for every case (default: shipped)
     text_fidelity: clip            # clip (CLIP text-frame similarity) or attributes (the shapes world's classifier)
     clip_model: openai/clip-vit-base-patch32
+    tracker: lk                    # lk, or flow for flat-coloured objects (the shapes suite); see metrics.py
     options: {steps: 50}           # optional TransferConfig fields applied to every method
     cases:
       - name: car-to-bike          # optional; default case-NN
@@ -75,7 +76,7 @@ def load_suite(suite: str | Path) -> tuple[dict, list[Case]]:
         raise ConfigError(f"suite {suite} not found: give a YAML file or one of "
                           f"{', '.join(p.stem for p in SUITES_DIR.glob('*.yaml'))}")
     spec = yaml.safe_load(path.read_text()) or {}
-    known = {"name", "model", "text_fidelity", "clip_model", "options", "cases"}
+    known = {"name", "model", "text_fidelity", "clip_model", "tracker", "options", "cases"}
     unknown = set(spec) - known
     if unknown:
         raise ConfigError(f"unknown key(s) in suite {path}: {', '.join(sorted(unknown))}")
@@ -115,7 +116,7 @@ def score_case(case: Case, frames: np.ndarray, spec: dict, grid: int) -> dict:
 
     source = case.frames[:len(frames)]
     scores: dict[str, Any] = {}
-    mf = score_videos(source, frames, grid=grid, box=case.box)
+    mf = score_videos(source, frames, grid=grid, box=case.box, tracker=spec.get("tracker", "lk"))
     scores["motion_fidelity"] = mf["motion_fidelity"]
     scores["motion_fidelity_one_sided"] = mf["motion_fidelity_one_sided"]
     if spec.get("text_fidelity", "clip") == "attributes":
@@ -309,7 +310,7 @@ def bench_perf(output_dir: str | Path, *, seeds: int = 3, frames: tuple[int, ...
         record = json.loads(line.strip().splitlines()[-1])
         edited = np.load(target)
         clip = world.sample_clip(np.random.default_rng(seed), size=32, frames=count)
-        record["motion_fidelity"] = score_videos(clip.frames, edited, grid=30)["motion_fidelity"]
+        record["motion_fidelity"] = score_videos(clip.frames, edited, grid=30, tracker="flow")["motion_fidelity"]
         record["text_fidelity"] = attribute_fidelity(edited, record["prompt"])["score"]
         runs.append(record)
     pairs = [r for r in runs if r["frames"] == 16]

@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("edited", type=Path)
     p.add_argument("--mask", type=Path, help="first-frame mask image of the original (white = object)")
     p.add_argument("--box", help="first-frame box x0,y0,x1,y1 in the original's pixels")
-    p.add_argument("--tracker", choices=["lk", "cotracker"], default="lk")
+    p.add_argument("--tracker", choices=["lk", "flow", "cotracker"], default="lk",
+                   help="lk (Lucas-Kanade), flow (dense DIS flow: flat-coloured objects), cotracker")
     p.add_argument("--grid", type=int, default=55, help="query grid side (55, as the reference)")
     p.add_argument("--cotracker-checkpoint", type=Path)
     p.add_argument("--output", type=Path, help="also write the JSON here")
