@@ -50,7 +50,7 @@ OPTIONS = [   # (row, changes to the default recipe)
 ]
 SWEEP = (8, 16, 24, 32)
 COLUMNS = ("graph at backward", "guidance step", "CFG pass", "VAE decode", "run peak", "peak phase",
-           "fits 16 GiB card")
+           "fits 16 GiB card", "to host per iteration")
 
 
 def gib(n: int | None) -> str:
@@ -64,20 +64,21 @@ def row(options: dict, frames: int) -> dict:
             "fits": run["peak"] <= BUDGET, "phases": p,
             "cells": [gib(p["guidance"]["held"]), gib(p["guidance"]["total"]), gib(p["sampling"]["total"]),
                       gib(p["decode"]["total"]), gib(run["peak"]), run["peak_phase"],
-                      "yes" if run["peak"] <= BUDGET else "no"]}
+                      "yes" if run["peak"] <= BUDGET else "no",
+                      gib(p["guidance"]["host"]) if p["guidance"]["host"] else "-"]}
 
 
 def saved_by_block(frames: int = 24) -> dict[str, int]:
     """Where the default guidance step's saved activations come from: bytes by top-level UNet block."""
     model = meta_model(vae_config=None, text_config=None)
     unet = model.unet
-    current = ["(outside the blocks)"]
+    outside = "outside the blocks (conv_in, transformer_in, loss)"
+    current = [outside]
     handles = []
     for name in unet_checkpoint_units(unet, "blocks"):
         module = unet.get_submodule(name)
         handles.append(module.register_forward_pre_hook(lambda m, a, name=name: current.__setitem__(0, name)))
-        handles.append(module.register_forward_hook(lambda *a: current.__setitem__(0, "(outside the blocks)"),
-                                                    always_call=True))
+        handles.append(module.register_forward_hook(lambda *a: current.__setitem__(0, outside), always_call=True))
     x = torch.empty(1, 4, frames, 40, 72, device="meta")
     cond = torch.empty(1, 77, 1024, device="meta", dtype=model.dtype)
     src = {n: torch.empty(1, frames, 1280, device="meta") for n in DEFAULT_LAYERS}

@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 import weakref
 from functools import partial
 from pathlib import Path
@@ -717,7 +716,8 @@ def _run_phase(fn: Callable[[], Any], attention: str, *modules) -> int:
 def estimate_unet_pass(unet_config: dict = ZEROSCOPE_UNET_CONFIG, frames: int = 24, height: int = 320,
                        width: int = 576, dtype: torch.dtype = torch.float16, *, cfg: bool = True,
                        attention: str = "sdpa-fused", truncate_after: tuple[str, ...] | None = None,
-                       timestep: int = 981, text_tokens: int = 77, vae_scale: int = ZEROSCOPE_VAE_SCALE) -> dict[str, int]:
+                       timestep: int = 981, text_tokens: int = 77,
+                       vae_scale: int = ZEROSCOPE_VAE_SCALE) -> dict[str, int]:
     """Bytes of one UNet pass without gradients, through `TextToVideo.predict`: with classifier-free guidance
     (`cfg`, batch 2, as sampling runs it) or without (batch 1, as inversion runs it); or, with `truncate_after`
     (layer names), the truncated pass that computes the source features. Returns weights, peak, total."""
@@ -785,28 +785,31 @@ PHASES = ("text", "encode", "inversion", "source", "guidance", "sampling", "deco
 
 @functools.lru_cache(maxsize=256)
 def _phase(name: str, unet_config: tuple, vae_config: tuple, text_config: tuple, dtype: torch.dtype, frames: int,
-           height: int, width: int, options: tuple) -> tuple[str, int, int, int | None]:
-    """(component, its weight bytes, peak activation bytes, graph bytes at backward) of one phase of a run."""
+           height: int, width: int, options: tuple) -> dict[str, Any]:
+    """One phase of a run: its component, the component's weight bytes, the phase's peak activation bytes, and
+    for guidance the graph's bytes at backward and the bytes offloaded to the host."""
     o = dict(options)
     model = _meta_model(unet_config, vae_config, text_config, dtype)
     size = dict(frames=frames, height=height, width=width)
+    out = {"held": None, "host": 0}
     if name == "text":
         r = estimate_text_encoder(dict(text_config), dtype)
-        return "text_encoder", r["weights"], r["peak"], None
+        return {**out, "component": "text_encoder", "component_weights": r["weights"], "activations": r["peak"]}
     if name in ("encode", "decode"):
         r = _vae(model, frames, height, width, decode=name == "decode", slicing=o["vae_slicing"],
                  attention=o["attention"])
-        return "vae", r["weights"], r["peak"], None
+        return {**out, "component": "vae", "component_weights": r["weights"], "activations": r["peak"]}
     common = dict(attention=o["attention"], timestep=981, text_tokens=77, vae_scale=model.vae_scale)
     if name == "guidance":
         r = _guided_iteration(model, **size, truncate=o["truncate"], activations=o["activations"], units=o["units"],
                               layers=DEFAULT_LAYERS, loss="pairwise_cosine", **common)
-        return "unet", r["weights"], r["inputs"] + r["peak"], r["held"]
+        return {"component": "unet", "component_weights": r["weights"], "activations": r["inputs"] + r["peak"],
+                "held": r["held"], "host": r["host"]}
     if name == "source":
         r = _unet_pass(model, **size, cfg=False, truncate_after=DEFAULT_LAYERS, **common)
     else:
         r = _unet_pass(model, **size, cfg=name == "sampling", truncate_after=None, **common)
-    return "unet", r["weights"], r["peak"], None
+    return {**out, "component": "unet", "component_weights": r["weights"], "activations": r["peak"]}
 
 
 def estimate_run(unet_config: dict = ZEROSCOPE_UNET_CONFIG, vae_config: dict = ZEROSCOPE_VAE_CONFIG,
@@ -823,8 +826,8 @@ def estimate_run(unet_config: dict = ZEROSCOPE_UNET_CONFIG, vae_config: dict = Z
     with `cpu_offload`, as `TextToVideo.cpu_offload` does it, the UNet and the running text encoder or VAE), the
     state kept across phases (`kept_latents` inverted latents and the sampling latent) and the phase's own peak.
 
-    Returns {"phases": {name: {"component", "weights", "state", "activations", "total", "held"}}, "peak",
-    "peak_phase", "weights"} (bytes).
+    Returns {"phases": {name: {"component", "weights", "state", "activations", "total", "held", "host"}},
+    "peak", "peak_phase", "weights"} (bytes; `held` and `host` as in `estimate_guided_iteration`, guidance only).
     """
     key = (_frozen(unet_config), _frozen(vae_config), _frozen(text_config), dtype, frames, height, width)
     options = (("truncate", truncate), ("activations", activations), ("attention", attention), ("units", units),
@@ -837,11 +840,13 @@ def estimate_run(unet_config: dict = ZEROSCOPE_UNET_CONFIG, vae_config: dict = Z
     all_weights = unet_weights + parameter_bytes(model.vae) + parameter_bytes(model.text_encoder)
     phases = {}
     for name in PHASES:
-        component, weights, activation, held = _phase(name, *key, options)
+        p = _phase(name, *key, options)
         # TextToVideo.cpu_offload: the UNet stays; the text encoder and the VAE come to the device only to run
-        resident = (unet_weights + (weights if component != "unet" else 0)) if cpu_offload else all_weights
-        phases[name] = {"component": component, "weights": resident, "state": state, "activations": activation,
-                        "held": held, "total": resident + state + activation}
+        extra = p["component_weights"] if p["component"] != "unet" else 0
+        resident = unet_weights + extra if cpu_offload else all_weights
+        phases[name] = {"component": p["component"], "weights": resident, "state": state,
+                        "activations": p["activations"], "held": p["held"], "host": p["host"],
+                        "total": resident + state + p["activations"]}
     peak_phase = max(phases, key=lambda n: phases[n]["total"])
     return {"phases": phases, "peak": phases[peak_phase]["total"], "peak_phase": peak_phase,
             "weights": all_weights}

@@ -331,13 +331,7 @@ def transfer(video: str | Path | np.ndarray, prompt: str | list[str], *, output_
     cfg, run = _config(preset, config, options)
     output_dir = run.get("output_dir", output_dir)
     overwrite = bool(run.get("overwrite", overwrite))
-    check_video_path(video)                       # before the (possibly long) model load
-    timer = Timer()
-    with timer("load"):
-        model = get_model(cfg)
-    cfg = fill_from_model(cfg, model)
-    with timer("read"):
-        source = load_source(video, cfg, fps or model.defaults.fps)
+    check_video_path(video)                       # cheap checks before the (possibly long) model load
     directories = []
     if output_dir is not False:
         for p in prompts:
@@ -345,7 +339,19 @@ def transfer(video: str | Path | np.ndarray, prompt: str | list[str], *, output_
             directories.append(base if len(prompts) == 1 or output_dir is None else base / slug(p))
         for d in directories:
             prepare_output_dir(d, overwrite)
-    results = generate(model, source, prompts, cfg, progress=not quiet, timer=timer)
+    timer = Timer()
+    try:
+        with timer("load"):
+            model = get_model(cfg)
+        cfg = fill_from_model(cfg, model)
+        with timer("read"):
+            source = load_source(video, cfg, fps or model.defaults.fps)
+        results = generate(model, source, prompts, cfg, progress=not quiet, timer=timer)
+    except BaseException:
+        for d in directories:                    # leave no empty folder behind a failed run
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        raise
     for i, result in enumerate(results):
         result.record = run_record(result, model, source.source)
         if directories:
