@@ -358,11 +358,12 @@ def test_score_prints_two_sided_motion_fidelity_and_writes_json(tmp_path, capsys
     ys, xs = np.nonzero(clip.masks[0])
     box = f"{xs.min() - 2},{ys.min() - 2},{xs.max() + 3},{ys.max() + 3}"
     code, out, _ = run(capsys, "score", tmp_path / "a.mp4", tmp_path / "a.mp4", "--box", box, "--grid", "20",
-                       "--output", tmp_path / "s.json")
+                       "--tracker", "flow", "--output", tmp_path / "s.json")
     same = json.loads(out)
-    assert code == 0 and same["motion_fidelity"] > 0.99 and same["tracker"] == "lk"
+    assert code == 0 and same["motion_fidelity"] > 0.99 and same["tracker"] == "flow"
     assert json.loads((tmp_path / "s.json").read_text()) == same
-    code, out, _ = run(capsys, "score", tmp_path / "a.mp4", tmp_path / "b.mp4", "--box", box, "--grid", "20")
+    code, out, _ = run(capsys, "score", tmp_path / "a.mp4", tmp_path / "b.mp4", "--box", box, "--grid", "20",
+                       "--tracker", "flow")
     assert code == 0 and json.loads(out)["motion_fidelity"] < 0.3
     code, _, err = run(capsys, "score", tmp_path / "a.mp4", tmp_path / "b.mp4", "--tracker", "cotracker")
     assert code != 0 and err.startswith("error:") and len(err.strip().splitlines()) == 1
