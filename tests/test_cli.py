@@ -347,12 +347,15 @@ def test_debug_shows_the_model_error(source, tmp_path):
 
 
 def test_score_prints_two_sided_motion_fidelity_and_writes_json(tmp_path, capsys):
+    import dataclasses
+
     import numpy as np
 
     from motiontransfer import world
     from motiontransfer.video import write_video
 
     clip = world.sample_clip(np.random.default_rng(4), size=64, frames=12, motion="linear")
+    clip = world.render(dataclasses.replace(clip.params, spin=0.0), size=64, frames=12)
     write_video(tmp_path / "a.mp4", clip.frames, 8)
     write_video(tmp_path / "b.mp4", clip.frames[::-1].copy(), 8)
     ys, xs = np.nonzero(clip.masks[0])
