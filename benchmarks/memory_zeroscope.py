@@ -3,7 +3,7 @@
 Builds ZeroScope's UNet3D, VAE and text encoder on the meta device from their configs and runs the package's
 own code paths on them (`motiontransfer.memory.estimate_run`): one row per memory option at 24 frames, 576x320,
 fp16, then a frame sweep. Prints the tables and writes them, with the per-phase numbers, the options, the
-library versions and the wall time, as JSON and markdown. CPU only; about a minute.
+library versions and the wall time, as JSON and markdown. CPU only; about 75 s on one thread.
 
     OMP_NUM_THREADS=1 python benchmarks/memory_zeroscope.py --output-dir runs/memory
 """

@@ -51,7 +51,7 @@ EVERY_FIELD = {
     "learning_rate": [0.01, 0.002], "layers": ["up_blocks.1.temp_convs.1", "up_blocks.2.resnets.0"],
     "layer_weights": [1.0, 0.5], "loss": "smm", "init": "random", "lf_factor": 2, "sdedit_strength": 0.9, "seed": 7, "device": "cpu",
     "dtype": "bf16", "allow_unsafe_weights": True, "cache_dir": "/tmp/somewhere", "use_cache": False,
-    "vae_slicing": True, "checkpointing": True, "cpu_offload": True,
+    "vae_slicing": True, "activations": "checkpoint", "cpu_offload": True,
 }
 
 

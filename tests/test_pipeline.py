@@ -116,3 +116,14 @@ def test_cpu_offload_and_vae_slicing_leave_the_result_unchanged(opts):
                                    vae_slicing=True, **opts)
     assert np.abs(plain.frames.astype(int) - lean.frames).max() <= 1
     assert lean.config.cpu_offload and get_model(lean.config).cpu_offload
+
+
+@pytest.mark.parametrize("mode", ["checkpoint", "offload"])
+def test_activation_options_give_the_same_transfer(opts, mode):
+    video = moving_square()
+    plain = motiontransfer.transfer(video, "a green star", output_dir=False, seed=2, activations="none", **opts)
+    other = motiontransfer.transfer(video, "a green star", output_dir=False, seed=2, activations=mode, **opts)
+    before = [s.losses for s in plain.history.guided]
+    after = [s.losses for s in other.history.guided]
+    np.testing.assert_allclose(np.array(after), np.array(before), rtol=1e-4)
+    assert np.abs(plain.frames.astype(int) - other.frames).max() <= 1

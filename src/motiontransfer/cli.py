@@ -56,6 +56,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", help="inversion cache (default: ~/.cache/motiontransfer/inversions)")
     g.add_argument("--no-cache", dest="use_cache", action="store_false", default=None, help="don't use the cache")
     g.add_argument("--vae-slicing", action="store_true", default=None, help="VAE one frame at a time")
+    g.add_argument("--activations", choices=["auto", "none", "checkpoint", "offload"],
+                   help="what guidance keeps for backward (auto: checkpoint on CUDA, to save GPU memory)")
     g.add_argument("--cpu-offload", action="store_true", default=None,
                    help="keep the text encoder and VAE on the CPU except while they run (GPU memory)")
 
@@ -68,7 +70,7 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
 METHOD_KEYS = ("model", "frames", "stride", "start", "resize", "width", "height", "source_prompt", "negative_prompt",
                "guidance_scale", "steps", "inversion_steps", "restart", "guidance_window", "iterations",
                "learning_rate", "layers", "layer_weights", "loss", "init", "lf_factor", "seed", "device", "dtype",
-               "allow_unsafe_weights", "cache_dir", "use_cache", "vae_slicing", "sdedit_strength", "cpu_offload")
+               "allow_unsafe_weights", "cache_dir", "use_cache", "vae_slicing", "sdedit_strength", "cpu_offload", "activations")
 
 
 def _method_options(args) -> dict:

@@ -27,6 +27,7 @@ LOSSES = ("pairwise_cosine", "pairwise_l2", "smm", "features")
 INITS = ("lf", "random", "inverted", "sdedit")
 RESIZE_POLICIES = ("crop", "stretch", "pad")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+ACTIVATIONS = ("auto", "none", "checkpoint", "offload")
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ class TransferConfig:
     cache_dir: str | None = None                  # inversion cache; None: ~/.cache/motiontransfer
     use_cache: bool = True
     vae_slicing: bool = False                     # decode/encode one frame at a time
-    checkpointing: bool = False                   # activation checkpointing of UNet blocks during guidance
+    activations: str = "auto"                     # what guidance keeps for backward: none | checkpoint | offload;
+                                                  # auto: checkpoint on CUDA (ZeroScope at 24 frames in 16 GB)
     cpu_offload: bool = False                     # keep components on the CPU except while they run
 
     def __post_init__(self):
@@ -138,6 +140,7 @@ def validate(c: TransferConfig) -> None:
     need(c.lf_factor >= 1, f"lf_factor must be at least 1, got {c.lf_factor}")
     need(0.0 < c.sdedit_strength <= 1.0, f"sdedit_strength must be in (0, 1], got {c.sdedit_strength}")
     need(c.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}")
+    need(c.activations in ACTIVATIONS, f"--activations must be one of {', '.join(ACTIVATIONS)}, got {c.activations!r}")
     need(c.guidance_scale >= 0, f"--guidance-scale must be 0 or more, got {c.guidance_scale}")
 
 

@@ -676,7 +676,7 @@ def _guided_iteration(model: TextToVideo, frames: int, height: int, width: int, 
     resident = [*unet.parameters(), *unet.buffers()]
     record: dict[str, int] = {}
     with FeatureHooks(unet, layers, stop_early=truncate) as hooks, _attention(attention, unet):
-        with torch.no_grad(), tracker.untracked():          # the source side, reduced once per timestep
+        with torch.no_grad():                              # the source side, reduced once per timestep
             src = {n: f.mean(dim=(-2, -1)) for n, f in model.features(hooks, x, timestep, cond).items()}
         inputs = sum(_storage(t).nbytes() for t in (x, cond, *src.values()))
         counter = SavedTensorCounter(exclude=resident) if activations == "none" else contextlib.nullcontext()

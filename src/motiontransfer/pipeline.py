@@ -31,6 +31,7 @@ from .features import FeatureHooks
 from .initialization import initial_latent
 from .inversion import InversionCache, ddim_invert, sampling_timesteps
 from .losses import motion_loss, reduce_source
+from .memory import activation_options
 from .models import TextToVideo, load_model
 from .sampling import SampleHistory, guidance_timesteps, guided_sample
 from .video import (Video, atomic_write_text, check_writable_dir, frames_digest, read_video, resize_frames,
@@ -269,7 +270,7 @@ def generate(model: TextToVideo, source: Video | None, prompts: list[str], confi
             else:
                 x_T = initial_latent(config.init, None if inverted is None else inverted.latents[timesteps[0]].cpu(),
                                      shape, generator, config.lf_factor)
-            with timer("sampling"):
+            with timer("sampling"), activation_options(model.unet, activation_mode(config, model)):
                 x0, history = guided_sample(predict, x_T.to(model.device), model.scheduler_config, config.steps,
                                             guidance=guidance, guided=guided, iterations=config.iterations,
                                             learning_rate=config.learning_rate, restart=config.restart,
@@ -282,6 +283,13 @@ def generate(model: TextToVideo, source: Video | None, prompts: list[str], confi
                                           history=history, inversion_cached=bool(inverted and inverted.cached),
                                           source=source.frames))
     return results
+
+
+def activation_mode(config: TransferConfig, model: TextToVideo) -> str:
+    """auto: activation checkpointing on CUDA (the memory table in the README), nothing elsewhere."""
+    if config.activations != "auto":
+        return config.activations
+    return "checkpoint" if model.device.type == "cuda" else "none"
 
 
 def new_counts() -> dict[str, int]:
