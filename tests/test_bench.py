@@ -69,3 +69,14 @@ def test_bad_suites_and_methods_are_errors(tmp_path, suite):
     bad.write_text("colour: red\ncases: []\n")
     with pytest.raises(ConfigError, match="unknown key"):
         bench.load_suite(bad)
+
+
+def test_perf_benchmark_reports_the_ratio_and_a_frame_sweep(tiny_model, tmp_path):
+    summary = bench.bench_perf(tmp_path / "perf", seeds=1, frames=(4, 8), pair_frames=4, model=str(tiny_model),
+                               quiet=True)
+    assert summary["speedup"] > 1.0                         # 999-step inversion and restart cost more
+    ref = [r for r in summary["runs"] if r["preset"] == "reference"][0]
+    ours = [r for r in summary["runs"] if r["preset"] == "default"][0]
+    assert ref["counts"]["unet_forward"] > 10 * ours["counts"]["unet_forward"] / 2
+    assert [s["frames"] for s in summary["sweep"]] == [4, 8]
+    assert "speed-up" in (tmp_path / "perf" / "perf.md").read_text()

@@ -268,11 +268,12 @@ def _perf_one(args: list[str]) -> None:
     from .pipeline import transfer
 
     preset, seed, frames, out = args[0], int(args[1]), int(args[2]), Path(args[3])
+    model = args[4] if len(args) > 4 and args[4] else None
     clip = world.sample_clip(np.random.default_rng(seed), size=32, frames=frames)
     prompt = perf_prompt(clip.params)
     start = time.perf_counter()
     r = transfer(clip.frames, prompt, output_dir=False, quiet=True, preset=preset, seed=seed, frames=frames,
-                 use_cache=False)
+                 use_cache=False, model=model)
     seconds = time.perf_counter() - start
     np.save(out, r.frames)
     peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else \
@@ -291,7 +292,7 @@ def perf_prompt(params) -> str:
 
 
 def bench_perf(output_dir: str | Path, *, seeds: int = 3, frames: tuple[int, ...] = (8, 16, 24, 32),
-               quiet: bool = False) -> dict:
+               pair_frames: int = 16, model: str | None = None, quiet: bool = False) -> dict:
     """Reference preset against ours on the shipped model, alternating, each run in its own process (so that
     peak memory is per run); then a frame sweep of ours. Reports ratios measured in the same run."""
     from . import world
@@ -301,21 +302,21 @@ def bench_perf(output_dir: str | Path, *, seeds: int = 3, frames: tuple[int, ...
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
-    plan = [(p, s, 16) for s in range(seeds) for p in ("reference", "default")] + \
+    plan = [(p, s, pair_frames) for s in range(seeds) for p in ("reference", "default")] + \
            [("default", 0, f) for f in frames]
     for preset, seed, count in tqdm(plan, desc="perf", disable=quiet, dynamic_ncols=True):
         target = out / f"{preset}-{seed}-{count}.npy"
         line = subprocess.run([sys.executable, "-m", "motiontransfer.bench", "_perf_one", preset, str(seed),
-                               str(count), str(target)], check=True, capture_output=True, text=True).stdout
+                               str(count), str(target), model or ""], check=True, capture_output=True,
+                              text=True).stdout
         record = json.loads(line.strip().splitlines()[-1])
         edited = np.load(target)
         clip = world.sample_clip(np.random.default_rng(seed), size=32, frames=count)
         record["motion_fidelity"] = score_videos(clip.frames, edited, grid=30, tracker="flow")["motion_fidelity"]
         record["text_fidelity"] = attribute_fidelity(edited, record["prompt"])["score"]
         runs.append(record)
-    pairs = [r for r in runs if r["frames"] == 16]
-    ref = [r for r in pairs if r["preset"] == "reference"][:seeds]
-    ours = [r for r in pairs if r["preset"] == "default"][:seeds]
+    ref = [r for r in runs[:2 * seeds] if r["preset"] == "reference"]
+    ours = [r for r in runs[:2 * seeds] if r["preset"] == "default"]
 
     def avg(rs, key):
         return float(np.mean([r[key] for r in rs]))
@@ -353,7 +354,7 @@ def bench_perf(output_dir: str | Path, *, seeds: int = 3, frames: tuple[int, ...
 def bench(args) -> None:
     """CLI entry (`motiontransfer bench`)."""
     if args.perf:
-        bench_perf(args.output_dir, quiet=args.quiet)
+        bench_perf(args.output_dir, seeds=args.seeds, model=args.model, quiet=args.quiet)
         return
     summary = bench_suite(args.suite, args.output_dir, methods=args.methods, limit=args.limit, quiet=args.quiet)
     spec_kind = "attributes" if summary["rows"] and "colour_ok" in summary["rows"][0] else "clip"

@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="first N cases only")
     p.add_argument("--methods", nargs="+", help="methods to run (default: all)")
     p.add_argument("--perf", action="store_true", help="speed benchmark: reference preset against ours")
+    p.add_argument("--seeds", type=int, default=3, help="--perf: source clips per preset (3)")
+    p.add_argument("--model", help="--perf: model folder (default: the shipped model)")
     p.add_argument("--output-dir", type=Path, required=True)
     p.set_defaults(func=cmd_bench)
 
