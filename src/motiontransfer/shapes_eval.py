@@ -621,7 +621,7 @@ def _summary(items: list[dict]) -> dict:
 
 def evaluate_model(model: str | None = None, n_prompts: int = 60, seed: int = 0, steps: int = 25,
                    out: str | Path | None = None, *, pairs: int = 20, real_clips: int = 200, vae_clips: int = 20,
-                   progress: bool = True) -> dict:
+                   transfer_steps: int | None = None, progress: bool = True) -> dict:
     """The shapes model's quality bar, measured through the library's public functions.
 
     text_to_video: `n_prompts` held-out prompts (`held_out_prompts`), one `motiontransfer.text_to_video` each
@@ -653,6 +653,8 @@ def evaluate_model(model: str | None = None, n_prompts: int = 60, seed: int = 0,
                          f"{size}x{generator.defaults.height}")
     classifier = load_classifier()
     common = {"model": model, "steps": steps, "quiet": True}
+    # transfer and its baseline: the method's defaults (50 steps) unless transfer_steps says otherwise
+    pair_options = {"model": model, "quiet": True} | ({"steps": transfer_steps} if transfer_steps else {})
 
     # text-to-video ------------------------------------------------------------------------------------
     videos = []
@@ -702,10 +704,11 @@ def evaluate_model(model: str | None = None, n_prompts: int = 60, seed: int = 0,
         src_target = {"shape": p.shape, "colour": p.colour, "background": p.background}
         s = _judge(clip.frames, src_target, truth) | {"seconds": float("nan")}
         tic = time.perf_counter()
-        result = transfer(clip.frames, target["prompt"], output_dir=False, seed=i, use_cache=False, **common)
+        result = transfer(clip.frames, target["prompt"], output_dir=False, seed=i, use_cache=False,
+                          **pair_options)
         m = _judge(result.frames, target, truth) | {"seconds": time.perf_counter() - tic}
         tic = time.perf_counter()
-        result = text_to_video(target["prompt"], seed=i, **common)
+        result = text_to_video(target["prompt"], seed=i, **pair_options)
         b = _judge(result.frames, target, truth) | {"seconds": time.perf_counter() - tic}
         source.append(s)
         method.append(m)
@@ -719,7 +722,7 @@ def evaluate_model(model: str | None = None, n_prompts: int = 60, seed: int = 0,
 
     report = {
         "settings": {"model": str(generator.path), "model_identity": generator.identity, "n_prompts": n_prompts,
-                     "pairs": pairs, "steps": steps, "seed": seed, "frames": frames, "size": size,
+                     "pairs": pairs, "steps": steps, "transfer_steps": transfer_steps or "method default", "seed": seed, "frames": frames, "size": size,
                      "real_clips": real_clips, "vae_clips": vae_clips, "device": str(generator.device),
                      "dtype": str(generator.dtype), "classifier": str(shipped_classifier_path()),
                      "classifier_held_out_clean": _classifier_record()["held_out"]["clean"],
@@ -812,7 +815,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="model folder (default: the shipped shapes model)")
     p.add_argument("--n", type=int, default=60, help="text-to-video prompts (60)")
     p.add_argument("--pairs", type=int, default=20, help="motion transfer pairs (20)")
-    p.add_argument("--steps", type=int, default=25, help="sampling steps (25)")
+    p.add_argument("--steps", type=int, default=25, help="sampling steps of the text-to-video part (25)")
+    p.add_argument("--transfer-steps", type=int, default=None,
+                   help="sampling steps of the transfer part and its baseline (default: the method's, 50)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--real-clips", type=int, default=200, help="world clips for the real max-jump statistic")
     p.add_argument("--vae-clips", type=int, default=20, help="world clips for the VAE round trip")
@@ -832,6 +837,7 @@ def main(argv: list[str] | None = None) -> int:
                               "seconds": record["training"]["seconds"], "held_out": record["held_out"]}, indent=2))
         else:
             report = evaluate_model(args.model, n_prompts=args.n, seed=args.seed, steps=args.steps, out=args.json,
+                                    transfer_steps=args.transfer_steps,
                                     pairs=args.pairs, real_clips=args.real_clips, vae_clips=args.vae_clips,
                                     progress=not args.quiet)
             print(format_report(report))
