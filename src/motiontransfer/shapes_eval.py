@@ -722,7 +722,8 @@ def evaluate_model(model: str | None = None, n_prompts: int = 60, seed: int = 0,
 
     report = {
         "settings": {"model": str(generator.path), "model_identity": generator.identity, "n_prompts": n_prompts,
-                     "pairs": pairs, "steps": steps, "transfer_steps": transfer_steps or "method default", "seed": seed, "frames": frames, "size": size,
+                     "pairs": pairs, "steps": steps, "transfer_steps": transfer_steps or "method default",
+                     "seed": seed, "frames": frames, "size": size,
                      "real_clips": real_clips, "vae_clips": vae_clips, "device": str(generator.device),
                      "dtype": str(generator.dtype), "classifier": str(shipped_classifier_path()),
                      "classifier_held_out_clean": _classifier_record()["held_out"]["clean"],
