@@ -212,8 +212,9 @@ def stage_vae(cfg: TrainConfig, work: Path, log: Log) -> None:
         return
     frames, _ = load_frames(work)
     flat = torch.from_numpy(frames.reshape(-1, cfg.size, cfg.size, 3))      # (N*F, H, W, 3) uint8
-    held_out = flat[-2048:]
-    flat = flat[:-2048]
+    n_held = min(2048, len(flat) // 10)                                     # the last frames, never trained on
+    held_out = flat[len(flat) - n_held:]
+    flat = flat[:len(flat) - n_held]
     vae = build_vae(cfg)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     step = 0
@@ -249,6 +250,8 @@ def stage_vae(cfg: TrainConfig, work: Path, log: Log) -> None:
             vae.eval()
             with torch.no_grad():
                 x = to_unit(held_out[:512])
+                if len(x) == 0:
+                    x = to_unit(flat[:8])
                 held = psnr(vae.decode(vae.encode(x).latent_dist.mean).sample, x)
             vae.train()
             log(stage="vae", step=step, loss=rec_loss.item(), kl=kl.item(), psnr_held_out=held)

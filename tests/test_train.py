@@ -1,0 +1,33 @@
+"""The training command end to end at toy size: every stage, resume, export, and the export loads."""
+
+import json
+
+import numpy as np
+
+from motiontransfer import train
+from motiontransfer.models import load_model
+from motiontransfer.world import vocabulary
+
+TOY = ["clips=12", "frames=4", "vae_steps=3", "vae_batch=4", "vae_channels=[16,16,16]", "unet_channels=[16,16,32]",
+       "image_steps=2", "image_batch=4", "video_steps=2", "video_batch=2", "text_hidden=16", "checkpoint_minutes=0"]
+
+
+def test_training_runs_resumes_and_exports_a_loadable_checkpoint(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "model"
+    train.main(["--work", str(work), "--export", str(out), "--set", *TOY])
+    state = train.torch.load(work / "unet.pt", weights_only=False)
+    assert state["step"] == 4
+    log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    assert any(r["stage"] == "vae" for r in log)
+    before = (work / "unet.pt").stat().st_mtime_ns
+    train.main(["--work", str(work)])                       # everything done: nothing is trained again
+    assert (work / "unet.pt").stat().st_mtime_ns == before
+
+    model = load_model(str(out))
+    assert model.defaults.width == 32 and model.defaults.frames == 4 and model.defaults.negative_prompt == ""
+    assert (out / "tokenizer" / "vocab.json").exists() and (out / "tokenizer" / "merges.txt").exists()
+    for word in vocabulary():                                # one token per word of the world
+        assert len(model.tokenizer(word, add_special_tokens=False).input_ids) == 1
+    assert "up_blocks.1.upsamplers.0" in dict(model.unet.named_modules())
+    frames = np.zeros((4, 32, 32, 3), np.uint8)
+    assert model.decode_latents(model.encode_frames(frames)).shape == (4, 32, 32, 3)
