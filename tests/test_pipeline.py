@@ -127,3 +127,19 @@ def test_activation_options_give_the_same_transfer(opts, mode):
     after = [s.losses for s in other.history.guided]
     np.testing.assert_allclose(np.array(after), np.array(before), rtol=1e-4)
     assert np.abs(plain.frames.astype(int) - other.frames).max() <= 1
+
+
+def test_model_recommendations_apply_unless_set_explicitly(tiny_model, tmp_path, opts):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    extra = json.loads((model / "motiontransfer.json").read_text())
+    (model / "motiontransfer.json").write_text(json.dumps(extra | {"method_defaults": {"lf_factor": 2}}))
+    o = {**opts, "model": str(model)}
+    assert motiontransfer.transfer(moving_square(), "a red star", output_dir=False, seed=0, **o).config.lf_factor == 2
+    r = motiontransfer.transfer(moving_square(), "a red star", output_dir=False, seed=0, lf_factor=4, **o)
+    assert r.config.lf_factor == 4                                   # a flag equal to the default still wins
+    r = motiontransfer.transfer(moving_square(), "a red star", output_dir=False, seed=0, preset="reference",
+                                **{**o, "steps": 2, "iterations": 1})
+    assert r.config.lf_factor == 4                                   # the reference preset stays exact

@@ -183,6 +183,16 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def explicit_keys(preset: str | None = None, config_file: str | Path | None = None,
+                  overrides: dict[str, Any] | None = None) -> set[str]:
+    """The options that the preset, the YAML file or the overrides set: a model's recommendations
+    (`ModelDefaults.method`) never replace these."""
+    file_values = read_yaml(config_file) if config_file else {}
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    preset = overrides.get("preset") or preset or file_values.get("preset") or "default"
+    return (set(PRESETS.get(preset, {})) | set(file_values) | set(overrides)) - {"preset"} - RUN_KEYS
+
+
 def resolve(preset: str | None = None, config_file: str | Path | None = None,
             overrides: dict[str, Any] | None = None) -> tuple[TransferConfig, dict[str, Any]]:
     """Builds the config: defaults < preset < YAML file < overrides (None values in overrides are ignored).

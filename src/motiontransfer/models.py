@@ -52,6 +52,7 @@ class ModelDefaults:
     frames: int
     fps: float = DEFAULT_FPS
     negative_prompt: str | None = None     # None: the reference's negative prompt
+    method: dict | None = None             # TransferConfig fields the model recommends (e.g. its own init)
 
 
 def shipped_model_path() -> Path:
@@ -150,7 +151,8 @@ def read_defaults(path: Path, unet_config, vae_config) -> ModelDefaults:
     if extra.exists():
         data = json.loads(extra.read_text())
         return ModelDefaults(width=int(data["width"]), height=int(data["height"]), frames=int(data["frames"]),
-                             fps=float(data.get("fps", DEFAULT_FPS)), negative_prompt=data.get("negative_prompt"))
+                             fps=float(data.get("fps", DEFAULT_FPS)), negative_prompt=data.get("negative_prompt"),
+                             method=data.get("method_defaults") or None)
     for key, (w, h, f) in KNOWN_SIZES.items():
         if key in path.name or key in path.parent.parent.name:      # a folder, or a hub cache snapshot
             return ModelDefaults(width=w, height=h, frames=f)

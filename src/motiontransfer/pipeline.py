@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import REFERENCE_NEGATIVE_PROMPT, TransferConfig, resolve
+from .config import REFERENCE_NEGATIVE_PROMPT, TransferConfig, explicit_keys, resolve
 from .errors import ConfigError, OutputError, VideoError
 from .features import FeatureHooks
 from .initialization import initial_latent
@@ -83,9 +83,17 @@ def get_model(config: TransferConfig) -> TextToVideo:
     return model
 
 
-def fill_from_model(config: TransferConfig, model: TextToVideo) -> TransferConfig:
-    """Replaces the `None` fields with what the model recommends."""
+def fill_from_model(config: TransferConfig, model: TextToVideo, explicit: set[str] = frozenset()) -> TransferConfig:
+    """Replaces the `None` fields with what the model recommends, and applies the model's recommended method
+    options (`motiontransfer.json`'s `method_defaults`) to every option not in `explicit`."""
     d = model.defaults
+    recommended = {k: v for k, v in (d.method or {}).items() if k not in explicit}
+    if recommended:
+        unknown = set(recommended) - set(config.to_dict())
+        if unknown:
+            raise ConfigError(f"{model.path}/motiontransfer.json recommends unknown options {sorted(unknown)}")
+        logger.info("model recommends %s", ", ".join(f"{k}={v}" for k, v in recommended.items()))
+        config = config.replace(**{k: tuple(v) if isinstance(v, list) else v for k, v in recommended.items()})
     negative = config.negative_prompt
     if negative is None:
         negative = d.negative_prompt if d.negative_prompt is not None else REFERENCE_NEGATIVE_PROMPT
@@ -336,7 +344,7 @@ def transfer(video: str | Path | np.ndarray, prompt: str | list[str], *, output_
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts or any(not p or not p.strip() for p in prompts):
         raise ConfigError("the prompt is empty; say what the new video should show, e.g. --prompt \"a red star\"")
-    cfg, run = _config(preset, config, options)
+    cfg, run, explicit = _config(preset, config, options)
     output_dir = run.get("output_dir", output_dir)
     overwrite = bool(run.get("overwrite", overwrite))
     check_video_path(video)                       # cheap checks before the (possibly long) model load
@@ -351,7 +359,7 @@ def transfer(video: str | Path | np.ndarray, prompt: str | list[str], *, output_
     try:
         with timer("load"):
             model = get_model(cfg)
-        cfg = fill_from_model(cfg, model)
+        cfg = fill_from_model(cfg, model, explicit)
         with timer("read"):
             source = load_source(video, cfg, fps or model.defaults.fps)
         results = generate(model, source, prompts, cfg, progress=not quiet, timer=timer)
@@ -375,7 +383,7 @@ def text_to_video(prompt: str, *, quiet: bool = True, config: TransferConfig | N
         raise ConfigError("the prompt is empty")
     cfg = (config or TransferConfig()).replace(**options, init="random", iterations=0)
     model = get_model(cfg)
-    cfg = fill_from_model(cfg, model)
+    cfg = fill_from_model(cfg, model, set(options) | {"init", "iterations"})
     result = generate(model, None, [prompt], cfg, progress=not quiet)[0]
     result.record = run_record(result, model, "<none>")
     return result
@@ -384,9 +392,9 @@ def text_to_video(prompt: str, *, quiet: bool = True, config: TransferConfig | N
 def invert(video: str | Path | np.ndarray, *, quiet: bool = False, preset: str | None = None,
            config: str | Path | TransferConfig | None = None, fps: float | None = None, **options) -> dict:
     """Fills the inversion cache for `video`; returns where it is and whether it was there already."""
-    cfg, _ = _config(preset, config, options)
+    cfg, _, explicit = _config(preset, config, options)
     model = get_model(cfg)
-    cfg = fill_from_model(cfg, model)
+    cfg = fill_from_model(cfg, model, explicit)
     source = load_source(video, cfg, fps or model.defaults.fps)
     timesteps = sampling_timesteps(model.scheduler_config, cfg.steps)
     keep = sorted(set(guidance_timesteps(timesteps, cfg.guidance_window)) | {timesteps[0]})
@@ -409,12 +417,12 @@ def analyze(video: str | Path | np.ndarray, *, target: str = "smm", seeds: int |
     """
     if target not in ("features", "smm"):
         raise ConfigError(f"--target must be features or smm, got {target!r}")
-    cfg, run = _config(preset, config, {**options, "init": "random", "loss": target})
+    cfg, run, explicit = _config(preset, config, {**options, "init": "random", "loss": target})
     output_dir = Path(run.get("output_dir", output_dir) or default_output_dir(video, f"analyze-{target}"))
     overwrite = bool(run.get("overwrite", overwrite))
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     model = get_model(cfg)
-    cfg = fill_from_model(cfg, model)
+    cfg = fill_from_model(cfg, model, explicit)
     source = load_source(video, cfg, fps or model.defaults.fps)
     prompt = cfg.source_prompt
     results = []
@@ -430,10 +438,15 @@ def analyze(video: str | Path | np.ndarray, *, target: str = "smm", seeds: int |
     return results
 
 
-def _config(preset, config, options) -> tuple[TransferConfig, dict]:
+def _config(preset, config, options) -> tuple[TransferConfig, dict, set[str]]:
+    """The config, the run options, and which options were set explicitly (a TransferConfig object: those
+    that differ from the defaults, and `options`)."""
     if isinstance(config, TransferConfig):
-        return config.replace(**options), {}
-    return resolve(preset, config, options)
+        base = TransferConfig().to_dict()
+        explicit = {k for k, v in config.to_dict().items() if v != base[k]} | set(options)
+        return config.replace(**options), {}, explicit
+    cfg, run = resolve(preset, config, options)
+    return cfg, run, explicit_keys(preset, config, options)
 
 
 __all__ = ["transfer", "invert", "analyze", "text_to_video", "generate", "TransferResult", "get_model"]
