@@ -400,6 +400,9 @@ def export(cfg: TrainConfig, work: Path, out: Path, *, dtype=torch.float16) -> N
         "vae": ["diffusers", "AutoencoderKL"]}, indent=2))
     (tmp / "motiontransfer.json").write_text(json.dumps({
         "width": cfg.size, "height": cfg.size, "frames": cfg.frames, "fps": 8.0, "negative_prompt": "",
+        # benchmarks/init_sweep.py: on this small model the unfiltered inverted latent follows the source's
+        # motion far better than LF init (Eq. 4), at the same colour and shape rates
+        "method_defaults": {"init": "inverted"},
         "trained_steps": state["step"], "train_config": asdict(cfg)}, indent=2))
     if out.exists():
         import shutil
