@@ -31,3 +31,14 @@ def test_training_runs_resumes_and_exports_a_loadable_checkpoint(tmp_path):
     assert "up_blocks.1.upsamplers.0" in dict(model.unet.named_modules())
     frames = np.zeros((4, 32, 32, 3), np.uint8)
     assert model.decode_latents(model.encode_frames(frames)).shape == (4, 32, 32, 3)
+
+
+def test_training_continues_from_an_exported_model(tmp_path):
+    first, out = tmp_path / "first", tmp_path / "model"
+    train.main(["--work", str(first), "--export", str(out), "--set", *TOY])
+    again = tmp_path / "again"
+    more = [kv for kv in TOY if not kv.startswith("video_steps")] + ["video_steps=4"]
+    train.main(["--work", str(again), "--init-from", str(out), "--export", str(tmp_path / "next"), "--set", *more])
+    state = train.torch.load(again / "unet.pt", weights_only=False)
+    assert state["step"] == 6                                # 4 done before, 2 more now
+    assert json.loads((tmp_path / "next" / "motiontransfer.json").read_text())["trained_steps"] == 6

@@ -311,9 +311,10 @@ def stage_unet(cfg: TrainConfig, work: Path, log: Log) -> None:
     if state is not None:
         unet.load_state_dict(state["unet"])
         text.load_state_dict(state["text"])
-        opt.load_state_dict(state["opt"])
+        if "opt" in state:                                   # absent when seeded from an export
+            opt.load_state_dict(state["opt"])
+            gen.set_state(state["gen"])
         ema = state["ema"]
-        gen.set_state(state["gen"])
         step = state["step"]
     noise = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items()
                              if k not in ("set_alpha_to_one", "steps_offset")})
@@ -367,6 +368,28 @@ def stage_unet(cfg: TrainConfig, work: Path, log: Log) -> None:
     bar.close()
 
 
+def seed_from_export(cfg: TrainConfig, work: Path, source: Path) -> None:
+    """Starts a work folder from an exported model (e.g. the shipped one) instead of from scratch: its VAE is
+    taken as trained, its UNet and text encoder (and their moving average) as the state after the steps it
+    records, without optimiser moments. Lets training continue on a machine that kept no checkpoints."""
+    import shutil
+
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from transformers import CLIPTextModel
+
+    if (work / "unet.pt").exists() or (work / "vae.pt").exists():
+        raise SystemExit(f"{work} already holds checkpoints; --init-from needs an empty work folder")
+    steps = json.loads((source / "motiontransfer.json").read_text())["trained_steps"]
+    shutil.copytree(source / "tokenizer", work / "tokenizer", dirs_exist_ok=True)
+    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
+    save_atomic({"model": vae.state_dict(), "step": cfg.vae_steps, "seeded_from": str(source)}, work / "vae.pt")
+    unet = UNet3DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch.float32)
+    text = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=torch.float32)
+    params = [p.detach().clone() for p in list(unet.parameters()) + list(text.parameters())]
+    save_atomic({"unet": unet.state_dict(), "text": text.state_dict(), "ema": params, "step": steps,
+                 "seeded_from": str(source)}, work / "unet.pt")
+
+
 def export(cfg: TrainConfig, work: Path, out: Path, *, dtype=torch.float16) -> None:
     """Writes the EMA weights as a diffusers-format folder (the layout of cerspense/zeroscope_v2_576w)."""
     from diffusers import DDIMScheduler
@@ -416,6 +439,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=Path("checkpoints/shapes"), help="checkpoint folder")
     parser.add_argument("--export", type=Path, default=None, help="write the diffusers folder here when done")
     parser.add_argument("--export-only", action="store_true", help="export the last checkpoint and stop")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="start an empty work folder from an exported model (e.g. the shipped one)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override a TrainConfig field")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -436,6 +461,8 @@ def main(argv: list[str] | None = None) -> None:
         export(cfg, args.work, args.export or Path("src/motiontransfer/weights/shapes"))
         return
     log = Log(args.work / "log.jsonl")
+    if args.init_from:
+        seed_from_export(cfg, args.work, args.init_from)
     stage_data(cfg, args.work)
     if not (args.work / "tokenizer" / "vocab.json").exists():
         build_tokenizer(args.work / "tokenizer", cfg.max_tokens)
