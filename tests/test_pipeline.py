@@ -143,3 +143,12 @@ def test_model_recommendations_apply_unless_set_explicitly(tiny_model, tmp_path,
     r = motiontransfer.transfer(moving_square(), "a red star", output_dir=False, seed=0, preset="reference",
                                 **{**o, "steps": 2, "iterations": 1})
     assert r.config.lf_factor == 4                                   # the reference preset stays exact
+
+
+def test_demo_runs_again_over_its_own_earlier_result(opts, tmp_path):
+    from motiontransfer.demo import demo
+
+    kwargs = dict(output_dir=tmp_path / "demo", model=opts["model"], steps=2, cache_dir=opts["cache_dir"], quiet=True)
+    demo(seed=0, **kwargs)
+    demo(seed=1, **kwargs)
+    assert json.loads((tmp_path / "demo" / "run.json").read_text())["seed"] == 1

@@ -61,6 +61,9 @@ def plot_trajectories(source: np.ndarray, result: np.ndarray, path: Path, title:
 def demo(video: str | None = None, prompt: str | None = None, output_dir: str | Path = "outputs/demo", *,
          overwrite: bool = False, seed: int = 0, quiet: bool = False, **options) -> Path:
     out = Path(output_dir)
+    previous = out / "run.json"
+    if previous.exists() and "demo" in json.loads(previous.read_text()):
+        overwrite = True                        # an earlier demo's folder: running the demo again replaces it
     if video is None:
         clip = world.sample_clip(np.random.default_rng(10_000 + seed), size=32, frames=16)
         frames, fps = clip.frames, 8.0
