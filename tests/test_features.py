@@ -82,6 +82,19 @@ def test_full_forward_unchanged_while_hooks_are_open(model):
     assert torch.equal(ref, inside)
 
 
+def test_features_read_off_the_cfg_pass_equal_a_truncated_pass(model):
+    x, cond = _inputs(model)
+    uncond = model.encode_prompts([""])
+    with FeatureHooks(model.unet, DEFAULT_LAYERS) as hooks:
+        alone = model.features(hooks, x, 401, cond)
+        out, observed = model.predict_observed(hooks, x, 401, cond, uncond, 7.5)
+    assert torch.equal(out, model.predict(x, 401, cond, uncond, 7.5))
+    assert list(observed) == list(alone)
+    for name in alone:                                          # the conditional half of the batch of 2
+        assert observed[name].shape == alone[name].shape
+        torch.testing.assert_close(observed[name], alone[name], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["pairwise_cosine", "pairwise_l2", "features"])
 def test_early_exit_gradients_equal_full_forward(model, kind):
     x_src, cond = _inputs(model, seed=1)

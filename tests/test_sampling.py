@@ -44,6 +44,26 @@ def test_guidance_moves_the_latent_and_counts_its_work():
         assert s.losses[-1] < s.losses[0]
 
 
+def test_measure_replaces_the_prediction_at_guided_steps():
+    target = torch.ones(1, 4, 3, 4, 4)
+    calls = {"predict": 0, "measure": 0}
+
+    def predict(x, t):
+        calls["predict"] += 1
+        return torch.zeros_like(x)
+
+    def measure(x, t):
+        calls["measure"] += 1
+        return torch.zeros_like(x), float((x - target).pow(2).mean())
+
+    _, history = guided_sample(predict, torch.zeros(1, 4, 3, 4, 4), SCHEDULER, 10,
+                               guidance=_quadratic_guidance(target, {"source": 0}), guided=[901, 801],
+                               iterations=4, learning_rate=(0.1, 0.1), progress=False, measure=measure)
+    assert calls == {"predict": 8, "measure": 2}
+    for s in history.guided:
+        assert len(s.losses) == 4 and s.loss_after < s.losses[-1]
+
+
 def test_restart_doubles_the_passes_and_uses_the_generator():
     predict = lambda x, t: 0.1 * x  # noqa: E731
     x_T = torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(0))

@@ -11,7 +11,7 @@ tensors keep their autograd graphs, so a loss on them back-propagates to the inp
 from __future__ import annotations
 
 import difflib
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -75,19 +75,28 @@ class FeatureHooks:
 
     def run(self, fn: Callable, *args, **kwargs) -> dict[str, torch.Tensor]:
         """Calls `fn(*args, **kwargs)` (a forward pass) and returns the captured outputs by name."""
+        return self._capture(fn, self.stop_early, args, kwargs)[1]
+
+    def observe(self, fn: Callable, *args, **kwargs) -> tuple[Any, dict[str, torch.Tensor]]:
+        """Like `run`, but the pass always runs to the end: returns `fn`'s result and the captured outputs
+        (features read off a pass that is made anyway, e.g. the sampling step's)."""
+        return self._capture(fn, False, args, kwargs)
+
+    def _capture(self, fn: Callable, stop: bool, args, kwargs) -> tuple[Any, dict[str, torch.Tensor]]:
         if not self._handles:
             raise RuntimeError("FeatureHooks.run outside its `with` block")
         self.store.clear()
-        self._active = True
+        self._active, stop_early, self.stop_early = True, self.stop_early, stop
+        result = None
         try:
-            fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except StopForward:
             pass
         finally:
-            self._active = False
+            self._active, self.stop_early = False, stop_early
         missing = [n for n in self.names if n not in self.store]
         if missing:
             raise RuntimeError(f"layers {missing} did not run in the forward pass")
         captured = dict(self.store)
         self.store.clear()
-        return captured
+        return result, captured

@@ -261,6 +261,15 @@ class TextToVideo:
         captured = hooks.run(self.unet, x.to(self.dtype), t, encoder_hidden_states=cond)
         return {name: f.unflatten(0, (-1, frames)).float() for name, f in captured.items()}
 
+    def predict_observed(self, hooks: FeatureHooks, x: torch.Tensor, t: int, cond: torch.Tensor,
+                         uncond: torch.Tensor | None = None, scale: float = 1.0
+                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`predict` plus the hooked activations of its conditional branch, as `features` gives them, read off
+        the same pass (no extra forward)."""
+        frames = x.shape[2]
+        out, captured = hooks.observe(self.predict, x, t, cond, uncond, scale)
+        return out, {name: f.unflatten(0, (-1, frames))[-1:].float() for name, f in captured.items()}
+
 
 def load_model(model: str | None = None, *, device: str = "auto", dtype: str = "auto",
                allow_unsafe_weights: bool = False, vae_slicing: bool = False) -> TextToVideo:

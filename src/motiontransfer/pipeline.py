@@ -270,6 +270,11 @@ def generate(model: TextToVideo, source: Video | None, prompts: list[str], confi
                 counts["unet_forward"] += 2 if config.guidance_scale != 1.0 else 1
                 return model.predict(x, t, cond, uncond, config.guidance_scale)
 
+            def measure(x, t, cond=cond, counts=counts):     # the step's own pass also gives the loss after
+                counts["unet_forward"] += 2 if config.guidance_scale != 1.0 else 1
+                out, feats = model.predict_observed(hooks, x, t, cond, uncond, config.guidance_scale)
+                return out, float(motion_loss(config.loss, source_side(t), feats, weights))
+
             shape = (1, model.unet.config.in_channels, config.frames, config.height // model.vae_scale,
                      config.width // model.vae_scale)
             first = 0
@@ -282,7 +287,8 @@ def generate(model: TextToVideo, source: Video | None, prompts: list[str], confi
                 x0, history = guided_sample(predict, x_T.to(model.device), model.scheduler_config, config.steps,
                                             guidance=guidance, guided=guided, iterations=config.iterations,
                                             learning_rate=config.learning_rate, restart=config.restart,
-                                            generator=generator, progress=progress, first_step=first)
+                                            generator=generator, progress=progress, first_step=first,
+                                            measure=measure)
             counts["unet_backward"] += history.backward_passes
             with timer("decode"):
                 frames = model.decode_latents(x0)

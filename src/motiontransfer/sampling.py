@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 PredictFn = Callable[[torch.Tensor, int], torch.Tensor]        # (x_t, t) -> model output, CFG applied
 LossFn = Callable[[torch.Tensor], torch.Tensor]                # x_t -> scalar loss
 GuidanceFn = Callable[[int], LossFn]                           # t -> the loss at t (source side computed once)
+MeasureFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, float]]   # (x_t, t) -> (model output, loss at x_t)
 
 
 @dataclass
@@ -28,7 +29,7 @@ class GuidedStep:
     t: int
     lr: float
     losses: list[float] = field(default_factory=list)          # one per Adam iteration, before its update
-    loss_after: float | None = None                            # at the optimised latent (one more forward)
+    loss_after: float | None = None                            # at the optimised latent
 
 
 @dataclass
@@ -54,8 +55,10 @@ def learning_rates(n: int, first: float, last: float) -> list[float]:
     return [first + (last - first) * i / (n - 1) for i in range(n)]
 
 
-def optimise_latent(x: torch.Tensor, loss_fn: LossFn, iterations: int, lr: float, step: GuidedStep) -> torch.Tensor:
-    """A fresh Adam on the latent; returns the optimised latent, detached."""
+def optimise_latent(x: torch.Tensor, loss_fn: LossFn, iterations: int, lr: float, step: GuidedStep, *,
+                    measure_after: bool = True) -> torch.Tensor:
+    """A fresh Adam on the latent; returns the optimised latent, detached. `measure_after` evaluates the loss at
+    the result with one more (no-grad) pass; without it the caller fills `step.loss_after`."""
     with torch.enable_grad():
         x = x.detach().clone().requires_grad_(True)
         opt = torch.optim.Adam([x], lr=lr)
@@ -65,7 +68,7 @@ def optimise_latent(x: torch.Tensor, loss_fn: LossFn, iterations: int, lr: float
             loss.backward()
             opt.step()
             step.losses.append(float(loss.detach()))
-    if iterations:
+    if iterations and measure_after:
         with torch.no_grad():
             step.loss_after = float(loss_fn(x))
     return x.detach()
@@ -83,10 +86,15 @@ def guided_sample(predict: PredictFn, x_T: torch.Tensor, scheduler_config: dict,
                   guidance: GuidanceFn | None = None, guided: list[int] = (), iterations: int = 10,
                   learning_rate: tuple[float, float] = (0.007, 0.004), restart: bool = False,
                   generator: torch.Generator | None = None, progress: bool = True, first_step: int = 0,
+                  measure: MeasureFn | None = None,
                   callback: Callable[[int, int, torch.Tensor], None] | None = None
                   ) -> tuple[torch.Tensor, SampleHistory]:
     """DDIM from x_T (B, C, F, h, w) at sampling timestep number `first_step` (0: the noisiest) down to x_0,
-    guided at `guided` timesteps."""
+    guided at `guided` timesteps.
+
+    `measure`, when given, replaces `predict` right after each optimisation: it returns the prediction and the
+    guidance loss read off that same pass, so the loss after optimisation costs no extra UNet forward.
+    """
     scheduler = DDIMScheduler.from_config(scheduler_config)
     scheduler.set_timesteps(steps)
     timesteps = [int(t) for t in scheduler.timesteps][first_step:]
@@ -101,11 +109,16 @@ def guided_sample(predict: PredictFn, x_T: torch.Tensor, scheduler_config: dict,
         for i, t in enumerate(bar):
             if t in rates:
                 step = GuidedStep(t=t, lr=rates[t])
-                x = optimise_latent(x, guidance(t), iterations, rates[t], step)
+                x = optimise_latent(x, guidance(t), iterations, rates[t], step, measure_after=measure is None)
+                if measure is not None:
+                    out, step.loss_after = measure(x, t)
+                else:
+                    out = predict(x, t)
                 history.guided.append(step)
-                if step.loss_after is not None:
-                    bar.set_postfix(loss=f"{step.loss_after:.4f}")
-            x_prev = scheduler.step(predict(x, t), t, x).prev_sample
+                bar.set_postfix(loss=f"{step.loss_after:.4f}")
+            else:
+                out = predict(x, t)
+            x_prev = scheduler.step(out, t, x).prev_sample
             history.unet_passes += 1
             if restart and i < len(timesteps) - 1:
                 prev_t = t - scheduler.config.num_train_timesteps // steps
