@@ -42,3 +42,10 @@ def test_training_continues_from_an_exported_model(tmp_path):
     state = train.torch.load(again / "unet.pt", weights_only=False)
     assert state["step"] == 6                                # 4 done before, 2 more now
     assert json.loads((tmp_path / "next" / "motiontransfer.json").read_text())["trained_steps"] == 6
+
+
+def test_single_frame_steps_can_be_mixed_into_the_video_phase():
+    cfg = train.TrainConfig(image_steps=2, image_every=3)
+    assert [train.is_image_step(cfg, s) for s in range(9)] == [True, True, False, False, True, False, False, True,
+                                                               False]
+    assert not any(train.is_image_step(train.TrainConfig(image_steps=2), s) for s in range(2, 50))

@@ -9,7 +9,8 @@ Stages (each writes into the work folder, outside git):
     vae      train `AutoencoderKL` (factor 4) on single frames; `vae.pt`
     encode   encode every clip to latents once (posterior mean x scaling factor); `latents.pt`
     unet     train `CLIPTextModel` + `UNet3DConditionModel` jointly on the cached latents, first on single frames
-             (num_frames = 1: colour, shape and background bind to words), then on whole clips (motion);
+             (num_frames = 1: colour, shape and background bind to words), then on whole clips (motion), with
+             a single-frame step every `image_every` steps if set, so the binding is kept up;
              `unet.pt` holds the weights, their exponential moving average, the optimiser and the step
     export   writes the EMA weights as a diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)
 
@@ -75,6 +76,7 @@ class TrainConfig:
     image_batch: int = 64
     video_steps: int = 6_000        # whole-clip steps (batch video_batch)
     video_batch: int = 8
+    image_every: int = 0            # in the video phase, every n-th step a single-frame step (0: never)
     lr: float = 5e-4
     warmup: int = 200
     ema: float = 0.999
@@ -285,6 +287,13 @@ def stage_encode(cfg: TrainConfig, work: Path) -> None:
     save_atomic({"latents": latents * scaling, "captions": captions, "scaling_factor": scaling}, path)
 
 
+def is_image_step(cfg: TrainConfig, step: int) -> bool:
+    """Single frames for the first `image_steps`, then every `image_every`-th step (if set) among the clips."""
+    if step < cfg.image_steps:
+        return True
+    return cfg.image_every > 0 and (step - cfg.image_steps) % cfg.image_every == cfg.image_every - 1
+
+
 def stage_unet(cfg: TrainConfig, work: Path, log: Log) -> None:
     from diffusers import DDPMScheduler
     from transformers import CLIPTokenizer
@@ -327,7 +336,7 @@ def stage_unet(cfg: TrainConfig, work: Path, log: Log) -> None:
     bar = tqdm(total=total, initial=step, desc="unet", dynamic_ncols=True)
     n = len(latents)
     while step < total:
-        image_phase = step < cfg.image_steps
+        image_phase = is_image_step(cfg, step)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total, cfg.lr, cfg.warmup)
         if image_phase:                                                       # single frames: (B, C, 1, h, w)
