@@ -252,7 +252,8 @@ class BlockCheckpointing:
 
         args, kwargs = _map_tensors(lambda t: t.detach().requires_grad_(t.requires_grad), (call.args, call.kwargs))
         device_type, autocast_enabled, autocast_dtype = call.autocast
-        rng = torch.random.fork_rng(devices=call.devices, device_type=call.device_type)
+        # fork_rng's own default device type; None fails in torch 2.11 on a machine with CUDA
+        rng = torch.random.fork_rng(devices=call.devices, device_type=call.device_type or "cuda")
         with rng, torch.enable_grad(), torch.autocast(device_type, autocast_dtype, autocast_enabled), \
                 self._recompute_context(), torch.autograd.graph.saved_tensors_hooks(pack, unpack):
             torch.set_rng_state(call.cpu_rng)
