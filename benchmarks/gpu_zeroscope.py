@@ -6,7 +6,7 @@ weights, saves them as an fp16 diffusers folder (the shipped shapes model's word
 OpenCLIP's, padded to 77 tokens), loads it through the package's own loading code and runs `transfer` on a
 24-frame 576x320 clip of the shapes world: our default with activation checkpointing (what `--activations auto`
 picks on CUDA), our default without it, then `--preset reference`. Per run it records the per-phase seconds,
-the UNet pass counts and `torch.cuda.max_memory_allocated`, to set beside the meta-device counts of
+the UNet pass counts and `torch.cuda.max_memory_allocated` per phase, to set beside the meta-device counts of
 docs/memory.md (benchmarks/memory_zeroscope.py) for the same options. The output is not a picture of anything; only its cost is measured. JSON is rewritten after
 every run, so a run cut short still leaves what finished.
 
@@ -17,6 +17,7 @@ every run, so a run cut short still leaves what finished.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
@@ -28,6 +29,7 @@ import torch
 from motiontransfer import __version__, world
 from motiontransfer.memory import GIB, ZEROSCOPE_TEXT_ENCODER_CONFIG, ZEROSCOPE_VAE_CONFIG
 from motiontransfer.models import ZEROSCOPE_UNET_CONFIG, shipped_model_path
+from motiontransfer import pipeline
 from motiontransfer.pipeline import transfer
 from motiontransfer.train import SCHEDULER_CONFIG
 
@@ -65,6 +67,23 @@ def build(directory: Path, device: str, *, tiny: bool, width: int, height: int, 
     return directory
 
 
+def trace_phase_peaks(peaks: dict[str, float]) -> None:
+    """Makes every timed phase of the pipeline also record its own peak of allocated GPU memory (GiB) in `peaks`
+    (the peak counter is reset when a phase starts)."""
+    timed = pipeline.Timer.__call__
+
+    @contextlib.contextmanager
+    def traced(self, phase: str):
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            with timed(self, phase):
+                yield
+        finally:
+            peaks[phase] = max(peaks.get(phase, 0.0), torch.cuda.max_memory_allocated() / GIB)
+
+    pipeline.Timer.__call__ = traced
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=Path("runs/gpu_zeroscope.json"))
@@ -83,12 +102,15 @@ def main(argv: list[str] | None = None) -> int:
         model = build(Path(tmp) / "model", args.device, tiny=args.tiny, width=width, height=height,
                       frames=args.frames)
         record["build_s"] = time.perf_counter() - tic
+        peaks: dict[str, float] = {}
+        if cuda:
+            trace_phase_peaks(peaks)
         clip = world.sample_clip(np.random.default_rng(0), size=width, frames=args.frames)
         for name in args.runs.split(","):
             options = dict(RUNS[name])
+            peaks.clear()
             if cuda:
                 torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
             tic = time.perf_counter()
             r = transfer(clip.frames, "a red star on a black background", output_dir=False, quiet=True, seed=0,
                          model=str(model), device=args.device, dtype="fp16" if cuda else "fp32", use_cache=False,
@@ -97,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - tic
             run = {"run": name, "options": options, "seconds": seconds, "timings_s": r.timings, "counts": r.counts,
-                   "peak_gib": torch.cuda.max_memory_allocated() / GIB if cuda else None}
+                   "peak_gib": max(peaks.values()) if cuda else None, "phase_peaks_gib": dict(peaks)}
             record["runs"].append(run)
             args.output.write_text(json.dumps(record, indent=2))
             print(json.dumps(run), flush=True)
