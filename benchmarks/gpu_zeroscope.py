@@ -7,8 +7,8 @@ OpenCLIP's, padded to 77 tokens), loads it through the package's own loading cod
 24-frame 576x320 clip of the shapes world: our default with activation checkpointing (what `--activations auto`
 picks on CUDA), our default without it, then `--preset reference`. Per run it records the per-phase seconds,
 the UNet pass counts and `torch.cuda.max_memory_allocated` per phase, to set beside the meta-device counts of
-docs/memory.md (benchmarks/memory_zeroscope.py) for the same options. The output is not a picture of anything; only its cost is measured. JSON is rewritten after
-every run, so a run cut short still leaves what finished.
+docs/memory.md (benchmarks/memory_zeroscope.py) for the same options. The output is not a picture of anything;
+only its cost is measured. JSON is rewritten after every run, so a run cut short still leaves what finished.
 
     python benchmarks/gpu_zeroscope.py --output runs/gpu.json [--frames 24] [--runs default,none,reference]
     python benchmarks/gpu_zeroscope.py --tiny --device cpu --output /tmp/gpu.json     # a check of the script
@@ -26,11 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from motiontransfer import __version__, world
+from motiontransfer import __version__, pipeline, world
 from motiontransfer.memory import GIB, ZEROSCOPE_TEXT_ENCODER_CONFIG, ZEROSCOPE_VAE_CONFIG
 from motiontransfer.models import ZEROSCOPE_UNET_CONFIG, shipped_model_path
-from motiontransfer import pipeline
-from motiontransfer.pipeline import transfer
 from motiontransfer.train import SCHEDULER_CONFIG
 
 RUNS = {   # name: transfer options
@@ -112,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             if cuda:
                 torch.cuda.empty_cache()
             tic = time.perf_counter()
-            r = transfer(clip.frames, "a red star on a black background", output_dir=False, quiet=True, seed=0,
+            r = pipeline.transfer(clip.frames, "a red star on a black background", output_dir=False, quiet=True, seed=0,
                          model=str(model), device=args.device, dtype="fp16" if cuda else "fp32", use_cache=False,
                          cache_dir=str(Path(tmp) / "cache"), **options)
             if cuda:

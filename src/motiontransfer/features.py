@@ -39,6 +39,7 @@ class FeatureHooks:
         self.store: dict[str, torch.Tensor] = {}
         self._handles = []
         self._active = False          # hooks record (and stop the pass) only inside `run`
+        self._stop = False            # whether the pass in progress ends at the last hooked module
 
     def __enter__(self) -> "FeatureHooks":
         modules = dict(self.model.named_modules())
@@ -69,7 +70,7 @@ class FeatureHooks:
             if not self._active:
                 return None
             self.store[name] = output[0] if isinstance(output, tuple) else output
-            if self.stop_early and len(self.store) == len(self.names):
+            if self._stop and len(self.store) == len(self.names):
                 raise StopForward
         return hook
 
@@ -86,14 +87,14 @@ class FeatureHooks:
         if not self._handles:
             raise RuntimeError("FeatureHooks.run outside its `with` block")
         self.store.clear()
-        self._active, stop_early, self.stop_early = True, self.stop_early, stop
+        self._active, self._stop = True, stop
         result = None
         try:
             result = fn(*args, **kwargs)
         except StopForward:
             pass
         finally:
-            self._active, self.stop_early = False, stop_early
+            self._active = False
         missing = [n for n in self.names if n not in self.store]
         if missing:
             raise RuntimeError(f"layers {missing} did not run in the forward pass")

@@ -252,6 +252,7 @@ def generate(model: TextToVideo, source: Video | None, prompts: list[str], confi
                         config.loss, model.features(hooks, inverted.latents[t], t, source_cond))
             return source_features[t]
 
+        cfg_batch = 2 if config.guidance_scale != 1.0 else 1     # a CFG pass counts its batch
         for prompt in prompts:
             timer = shared_timer if not results else Timer()
             counts = shared if not results else new_counts()
@@ -267,11 +268,11 @@ def generate(model: TextToVideo, source: Video | None, prompts: list[str], confi
                 return loss
 
             def predict(x, t, cond=cond, counts=counts):
-                counts["unet_forward"] += 2 if config.guidance_scale != 1.0 else 1
+                counts["unet_forward"] += cfg_batch
                 return model.predict(x, t, cond, uncond, config.guidance_scale)
 
             def measure(x, t, cond=cond, counts=counts):     # the step's own pass also gives the loss after
-                counts["unet_forward"] += 2 if config.guidance_scale != 1.0 else 1
+                counts["unet_forward"] += cfg_batch
                 out, feats = model.predict_observed(hooks, x, t, cond, uncond, config.guidance_scale)
                 return out, float(motion_loss(config.loss, source_side(t), feats, weights))
 
