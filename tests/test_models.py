@@ -98,6 +98,27 @@ def test_vae_slicing_gives_the_same_result(model):
     assert np.abs(whole_pixels.astype(int) - sliced_pixels).max() <= 1
 
 
+def test_per_channel_latent_statistics_are_applied_and_undone(model):
+    # diffusers' convention for a VAE config with latents_mean / latents_std: (z - mean) * s / std
+    frames = moving_square(3, 32)
+    plain = model.encode_frames(frames)
+    plain_pixels = model.decode_latents(plain)
+    mean, std = [0.5, -1.0, 0.0, 2.0], [2.0, 0.5, 1.0, 4.0]
+    config = model.vae.config
+    try:
+        model.vae.register_to_config(latents_mean=mean, latents_std=std)
+        normalised = model.encode_frames(frames)
+        pixels = model.decode_latents(normalised)
+    finally:
+        model.vae.register_to_config(latents_mean=config.get("latents_mean"), latents_std=config.get("latents_std"))
+    s = model.scaling_factor
+    view = (1, 4, 1, 1, 1)
+    expected = (plain / s - torch.tensor(mean).view(view)) * s / torch.tensor(std).view(view)
+    assert torch.allclose(normalised, expected, atol=1e-5)
+    assert np.abs(pixels.astype(int) - plain_pixels).max() <= 1        # decoding undoes it
+    assert model._channel_stats(plain) is None                         # and the config is as it was
+
+
 # ------------------------------------------------------------------------------------------------- predict
 
 def _inputs(model):

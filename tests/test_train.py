@@ -1,6 +1,7 @@
 """The training command end to end at toy size: every stage, resume, export, and the export loads."""
 
 import json
+import math
 
 import numpy as np
 
@@ -49,3 +50,28 @@ def test_single_frame_steps_can_be_mixed_into_the_video_phase():
     assert [train.is_image_step(cfg, s) for s in range(9)] == [True, True, False, False, True, False, False, True,
                                                                False]
     assert not any(train.is_image_step(train.TrainConfig(image_steps=2), s) for s in range(2, 50))
+
+
+def test_a_continuation_gets_its_own_warm_up_and_cosine():
+    cfg = train.TrainConfig(image_steps=50, video_steps=150, lr=1e-3, warmup=10, schedule_from=100)
+    assert math.isclose(train.unet_lr(cfg, 100), 1e-4)             # warm-up restarts at the continuation
+    assert math.isclose(train.unet_lr(cfg, 109), 1e-3)
+    assert math.isclose(train.unet_lr(cfg, 200), 5e-5)             # and decays to 5% by the last step
+    assert train.unet_lr(train.TrainConfig(image_steps=50, video_steps=150, warmup=10), 100) < 5e-4
+
+
+def test_per_channel_latent_normalisation_is_exported_with_the_model(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "model"
+    train.main(["--work", str(work), "--export", str(out), "--set", *TOY, "latent_norm=channel"])
+    cfg = train.TrainConfig(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in json.loads((work / "config.json").read_text()).items()})
+    latents, _, vae_config = train.load_latents(cfg, work)
+    per_channel = latents.transpose(0, 1).flatten(1)
+    assert train.torch.allclose(per_channel.mean(1), train.torch.zeros(4), atol=1e-5)
+    assert train.torch.allclose(per_channel.std(1), train.torch.ones(4), atol=1e-5)
+    model = load_model(str(out))
+    assert model.vae.config.latents_mean == vae_config["latents_mean"] and model.scaling_factor == 1.0
+    # the model encodes its training frames to the latents the UNet was trained on (fp16 export: loose)
+    frames, _ = train.load_frames(work)
+    encoded = model.encode_frames(frames[0])
+    assert train.torch.allclose(encoded, latents[:1], atol=0.05)

@@ -210,6 +210,13 @@ class TextToVideo:
     def scaling_factor(self) -> float:
         return float(self.vae.config.scaling_factor)
 
+    def _channel_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The VAE config's per-channel `latents_mean` / `latents_std` as (1, C, 1, 1), or None when unset."""
+        mean, std = (getattr(self.vae.config, k, None) for k in ("latents_mean", "latents_std"))
+        if mean is None or std is None:
+            return None
+        return tuple(torch.tensor(v, device=like.device, dtype=like.dtype).view(1, -1, 1, 1) for v in (mean, std))
+
     # text ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
@@ -229,6 +236,9 @@ class TextToVideo:
         chunk = 1 if self.vae_slicing else len(x)
         with self._running(self.vae) as vae:
             z = torch.cat([vae.encode(x[i:i + chunk]).latent_dist.mean for i in range(0, len(x), chunk)])
+        stats = self._channel_stats(z)
+        if stats is not None:                          # diffusers' convention (SDXL): (z - mean) * s / std
+            z = (z - stats[0]) / stats[1]
         # contiguous: kernels round differently on other strides, and cached latents come back contiguous
         return (z * self.scaling_factor).permute(1, 0, 2, 3).unsqueeze(0).contiguous()   # (1, C, F, h, w)
 
@@ -236,6 +246,9 @@ class TextToVideo:
     def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
         """(1, C, F, h, w) -> (F, H, W, 3) uint8."""
         z = latents[0].permute(1, 0, 2, 3).to(self.dtype) / self.scaling_factor  # (F, C, h, w)
+        stats = self._channel_stats(z)
+        if stats is not None:
+            z = z * stats[1] + stats[0]
         chunk = 1 if self.vae_slicing else len(z)
         with self._running(self.vae) as vae:
             x = torch.cat([vae.decode(z[i:i + chunk]).sample for i in range(0, len(z), chunk)])
