@@ -67,7 +67,7 @@ class TrainConfig:
     # "global": latents times one scaling factor (1 / their std), as SD and ZeroScope; "channel": each latent
     # channel shifted and scaled to mean 0, std 1 (diffusers' `latents_mean` / `latents_std` VAE config), so a
     # channel of small spread is not drowned by the noise long before the others. On the shapes model it did
-    # no better than "global" in an 800-step fine-tune (single-frame shape rate 54.5% vs 60%, 200 prompts)
+    # no better than "global" in an 800-step fine-tune (a scratch experiment)
     latent_norm: str = "global"
     # text encoder
     text_hidden: int = 64
