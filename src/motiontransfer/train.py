@@ -300,8 +300,6 @@ def load_latents(cfg: TrainConfig, work: Path) -> tuple[torch.Tensor, list[str],
     latents, scaling = cached["latents"], cached["scaling_factor"]     # latents.pt holds posterior mean x scaling
     if cfg.latent_norm == "global":
         return latents, cached["captions"], {"scaling_factor": scaling}
-    if cfg.latent_norm != "channel":
-        raise SystemExit(f"latent_norm must be 'global' or 'channel', got {cfg.latent_norm!r}")
     raw = latents / scaling
     dims = [d for d in range(raw.ndim) if d != 1]
     mean, std = raw.mean(dim=dims), raw.std(dim=dims)
@@ -493,6 +491,8 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"unknown TrainConfig field {k!r}")
         fields[k] = type(fields[k])(json.loads(v)) if not isinstance(fields[k], str) else v
     cfg = TrainConfig(**fields)
+    if cfg.latent_norm not in ("global", "channel"):       # before any stage runs, not after the VAE's half hour
+        raise SystemExit(f"latent_norm must be 'global' or 'channel', got {cfg.latent_norm!r}")
     saved.write_text(json.dumps(asdict(cfg), indent=2))
     torch.manual_seed(cfg.seed)
     if args.export_only:
