@@ -80,3 +80,31 @@ def test_perf_benchmark_reports_the_ratio_and_a_frame_sweep(tiny_model, tmp_path
     assert ref["counts"]["unet_forward"] > 10 * ours["counts"]["unet_forward"] / 2
     assert [s["frames"] for s in summary["sweep"]] == [4, 8]
     assert "speed-up" in (tmp_path / "perf" / "perf.md").read_text()
+
+
+def test_shards_split_the_cases_and_a_last_run_writes_the_summary(suite, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    first = bench.bench_suite(suite, out, methods=["t2v"], quiet=True, grid=10, shard=(0, 2))
+    second = bench.bench_suite(suite, out, methods=["t2v"], quiet=True, grid=10, shard=(1, 2))
+    assert [r["case"] for r in first["records"]] == ["one"] and [r["case"] for r in second["records"]] == ["two"]
+    assert not (out / "results.json").exists()
+
+    def fail(*a, **k):
+        raise AssertionError("a finished case was run again")
+
+    monkeypatch.setattr(bench, "run_case", fail)
+    summary = bench.bench_suite(suite, out, methods=["t2v"], quiet=True, grid=10)
+    assert summary["rows"][0]["cases"] == 2 and (out / "results.json").exists()
+    with pytest.raises(ConfigError, match="shard"):
+        bench.bench_suite(suite, out, methods=["t2v"], shard=(2, 2))
+
+
+def test_cli_reads_a_shard():
+    import argparse
+
+    from motiontransfer.cli import _shard
+
+    assert _shard("1/3") == (1, 3)
+    for bad in ("3/3", "1", "a/b", "-1/2"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _shard(bad)

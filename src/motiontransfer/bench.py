@@ -225,18 +225,27 @@ def scatter(rows: list[dict], path: Path, title: str, text_kind: str) -> None:
 
 
 def bench_suite(suite: str | Path, output_dir: str | Path, *, methods: list[str] | None = None,
-                limit: int | None = None, seed: int = 0, grid: int = 30, quiet: bool = False) -> dict:
-    """Runs every case through every method, scores them, and writes results.json/.md and scatter.png."""
+                limit: int | None = None, seed: int = 0, grid: int = 30, quiet: bool = False,
+                shard: tuple[int, int] | None = None) -> dict:
+    """Runs every case through every method, scores them, and writes results.json/.md and scatter.png.
+
+    Each finished case is kept (`cases/<case>/<method>.json`) and not run again. `shard=(i, n)` runs only the
+    cases whose index is i modulo n and writes no summary: n such runs can share one output folder on n cores,
+    and a last run without a shard, finding every case done, writes the summary."""
     methods = methods or list(METHODS)
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ConfigError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
     spec, cases = load_suite(suite)
     cases = cases[:limit] if limit else cases
+    if shard is not None:
+        i, n = shard
+        if not 0 <= i < n:
+            raise ConfigError(f"shard {i}/{n}: need 0 <= i < n")
     out = Path(output_dir)
     (out / "cases").mkdir(parents=True, exist_ok=True)
     records = []
-    jobs = [(c, m) for c in cases for m in methods]
+    jobs = [(c, m) for k, c in enumerate(cases) for m in methods if shard is None or k % shard[1] == shard[0]]
     for case, method in tqdm(jobs, desc="bench", disable=quiet, dynamic_ncols=True):
         path = out / "cases" / case.name / f"{method}.json"
         if path.exists():
@@ -248,6 +257,9 @@ def bench_suite(suite: str | Path, output_dir: str | Path, *, methods: list[str]
         write_video(path.with_suffix(".mp4"), frames, case.fps, min_size=128)
         atomic_write_text(path, json.dumps(record, indent=2))
         records.append(record)
+    if shard is not None:
+        return {"suite": spec.get("name", str(suite)), "cases": len(jobs) // len(methods), "methods": methods,
+                "seed": seed, "grid": grid, "shard": list(shard), "records": records}
     rows = summarise(records, methods)
     text_kind = spec.get("text_fidelity", "clip")
     summary = {"suite": spec.get("name", str(suite)), "cases": len(cases), "methods": methods, "seed": seed,
@@ -356,7 +368,12 @@ def bench(args) -> None:
     if args.perf:
         bench_perf(args.output_dir, seeds=args.seeds, model=args.model, quiet=args.quiet)
         return
-    summary = bench_suite(args.suite, args.output_dir, methods=args.methods, limit=args.limit, quiet=args.quiet)
+    summary = bench_suite(args.suite, args.output_dir, methods=args.methods, limit=args.limit, quiet=args.quiet,
+                          shard=args.shard)
+    if args.shard:
+        print(f"shard {args.shard[0]}/{args.shard[1]}: {summary['cases']} cases done; run again without --shard "
+              f"to write the summary")
+        return
     spec_kind = "attributes" if summary["rows"] and "colour_ok" in summary["rows"][0] else "clip"
     print(markdown_table(summary["rows"], spec_kind))
 

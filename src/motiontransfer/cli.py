@@ -16,6 +16,18 @@ from pathlib import Path
 from .errors import MotionTransferError
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """"I/N" -> (I, N), 0 <= I < N."""
+    i, sep, n = text.partition("/")
+    try:
+        shard = int(i), int(n)
+    except ValueError:
+        shard = None
+    if not sep or shard is None or not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
+    return shard
+
+
 def _add_method_options(p: argparse.ArgumentParser) -> None:
     """Options of TransferConfig; every default is None so that only given flags override the config file."""
     g = p.add_argument_group("model and input")
@@ -224,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", parents=[common], help="run a suite of cases through several methods")
     p.add_argument("--suite", default="shapes", help="shapes (shipped) or a suite YAML file")
     p.add_argument("--limit", type=int, help="first N cases only")
+    p.add_argument("--shard", type=_shard, metavar="I/N",
+                   help="only cases i mod n (for parallel runs into one --output-dir; no summary)")
     p.add_argument("--methods", nargs="+", help="methods to run (default: all)")
     p.add_argument("--perf", action="store_true", help="speed benchmark: reference preset against ours")
     p.add_argument("--seeds", type=int, default=3, help="--perf: source clips per preset (3)")
