@@ -108,3 +108,29 @@ def test_cli_reads_a_shard():
     for bad in ("3/3", "1", "a/b", "-1/2"):
         with pytest.raises(argparse.ArgumentTypeError):
             _shard(bad)
+
+
+def test_options_override_the_suite_and_methods_override_them(suite, tmp_path, monkeypatch):
+    seen = {}
+
+    def record(case, method, spec, seed):
+        seen[method] = {**(spec.get("options") or {}), **bench.METHODS[method]}
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(bench, "run_case", record)
+    for method in ("full", "random_init"):
+        with pytest.raises(RuntimeError):
+            bench.bench_suite(suite, tmp_path / method, methods=[method], quiet=True, options={"init": "lf", "steps": 4})
+    assert seen["full"]["init"] == "lf" and seen["full"]["steps"] == 4 and seen["full"]["iterations"] == 2
+    assert seen["random_init"]["init"] == "random"
+
+
+def test_cli_reads_options():
+    import argparse
+
+    from motiontransfer.cli import _option
+
+    assert _option("guidance_window=[0, 0.2]") == ("guidance_window", [0, 0.2])
+    assert _option("init=lf") == ("init", "lf")
+    with pytest.raises(argparse.ArgumentTypeError):
+        _option("init")

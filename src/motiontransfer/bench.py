@@ -226,17 +226,20 @@ def scatter(rows: list[dict], path: Path, title: str, text_kind: str) -> None:
 
 def bench_suite(suite: str | Path, output_dir: str | Path, *, methods: list[str] | None = None,
                 limit: int | None = None, seed: int = 0, grid: int = 30, quiet: bool = False,
-                shard: tuple[int, int] | None = None) -> dict:
+                shard: tuple[int, int] | None = None, options: dict | None = None) -> dict:
     """Runs every case through every method, scores them, and writes results.json/.md and scatter.png.
 
     Each finished case is kept (`cases/<case>/<method>.json`) and not run again. `shard=(i, n)` runs only the
     cases whose index is i modulo n and writes no summary: n such runs can share one output folder on n cores,
-    and a last run without a shard, finding every case done, writes the summary."""
+    and a last run without a shard, finding every case done, writes the summary. `options` (TransferConfig
+    fields) override the suite's `options`; each method's own changes still apply on top."""
     methods = methods or list(METHODS)
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ConfigError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
     spec, cases = load_suite(suite)
+    if options:
+        spec["options"] = {**(spec.get("options") or {}), **options}
     cases = cases[:limit] if limit else cases
     if shard is not None:
         i, n = shard
@@ -369,7 +372,7 @@ def bench(args) -> None:
         bench_perf(args.output_dir, seeds=args.seeds, model=args.model, quiet=args.quiet)
         return
     summary = bench_suite(args.suite, args.output_dir, methods=args.methods, limit=args.limit, quiet=args.quiet,
-                          shard=args.shard)
+                          shard=args.shard, options=dict(args.option or []))
     if args.shard:
         print(f"shard {args.shard[0]}/{args.shard[1]}: {summary['cases']} cases done; run again without --shard "
               f"to write the summary")

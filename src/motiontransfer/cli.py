@@ -28,6 +28,16 @@ def _shard(text: str) -> tuple[int, int]:
     return shard
 
 
+def _option(text: str) -> tuple[str, object]:
+    """"key=value" -> (key, YAML value)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
 def _add_method_options(p: argparse.ArgumentParser) -> None:
     """Options of TransferConfig; every default is None so that only given flags override the config file."""
     g = p.add_argument_group("model and input")
@@ -236,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", parents=[common], help="run a suite of cases through several methods")
     p.add_argument("--suite", default="shapes", help="shapes (shipped) or a suite YAML file")
     p.add_argument("--limit", type=int, help="first N cases only")
+    p.add_argument("--option", type=_option, action="append", metavar="KEY=VALUE",
+                   help="a transfer option for every method, over the suite's (YAML value; repeatable)")
     p.add_argument("--shard", type=_shard, metavar="I/N",
                    help="only cases i mod n (for parallel runs into one --output-dir; no summary)")
     p.add_argument("--methods", nargs="+", help="methods to run (default: all)")
