@@ -206,13 +206,13 @@ def scatter(rows: list[dict], path: Path, title: str, text_kind: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=120)
-    for r in rows:
+    fig, ax = plt.subplots(figsize=(6.8, 4.2), dpi=120)
+    markers = "ovsD^<>pPhX"
+    for i, r in enumerate(rows):                    # a legend, not labels: methods often sit on top of each other
         full = r["method"] == "full"
-        ax.scatter(r["text_fidelity"], r["motion_fidelity"], s=80 if full else 40,
-                   marker="*" if full else "o", zorder=3)
-        ax.annotate(r["method"], (r["text_fidelity"], r["motion_fidelity"]), textcoords="offset points",
-                    xytext=(5, 4), fontsize=8)
+        ax.scatter(r["text_fidelity"], r["motion_fidelity"], s=110 if full else 45, marker="*" if full else
+                   markers[i % len(markers)], zorder=4 if full else 3, alpha=0.85, label=r["method"])
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     ax.set_xlabel("text fidelity (" + ("attribute accuracy" if text_kind == "attributes" else "CLIP score") + ")")
     ax.set_ylabel("motion fidelity")
     ax.set_title(title, fontsize=10)
