@@ -19,9 +19,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 import motiontransfer
+from motiontransfer.cli import parse_key_value
 from motiontransfer.shapes_eval import classify_video, object_track, trajectory_agreement, transfer_pairs
 
 DEFAULT_SETTINGS = {"lf4": {"init": "lf", "lf_factor": 4}, "lf2": {"init": "lf", "lf_factor": 2},
@@ -30,13 +30,10 @@ DEFAULT_SETTINGS = {"lf4": {"init": "lf", "lf_factor": 4}, "lf2": {"init": "lf",
 
 def parse_setting(words: list[str]) -> tuple[str, dict]:
     """["name", "key=value", ...] -> ("name", {key: yaml(value)})."""
-    name, options = words[0], {}
-    for word in words[1:]:
-        key, sep, value = word.partition("=")
-        if not sep:
-            raise SystemExit(f"--setting {name}: expected KEY=VALUE, got {word!r}")
-        options[key] = yaml.safe_load(value)
-    return name, options
+    try:
+        return words[0], dict(parse_key_value(word) for word in words[1:])
+    except argparse.ArgumentTypeError as e:
+        raise SystemExit(f"--setting {words[0]}: {e}") from None
 
 
 def main() -> None:

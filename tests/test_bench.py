@@ -128,7 +128,7 @@ def test_options_override_the_suite_and_methods_override_them(suite, tmp_path, m
 def test_cli_reads_options():
     import argparse
 
-    from motiontransfer.cli import _option
+    from motiontransfer.cli import parse_key_value as _option
 
     assert _option("guidance_window=[0, 0.2]") == ("guidance_window", [0, 0.2])
     assert _option("init=lf") == ("init", "lf")

@@ -260,13 +260,13 @@ def bench_suite(suite: str | Path, output_dir: str | Path, *, methods: list[str]
         write_video(path.with_suffix(".mp4"), frames, case.fps, min_size=128)
         atomic_write_text(path, json.dumps(record, indent=2))
         records.append(record)
+    summary = {"suite": spec.get("name", str(suite)), "cases": len(jobs) // len(methods), "methods": methods,
+               "seed": seed, "grid": grid}
     if shard is not None:
-        return {"suite": spec.get("name", str(suite)), "cases": len(jobs) // len(methods), "methods": methods,
-                "seed": seed, "grid": grid, "shard": list(shard), "records": records}
+        return summary | {"shard": list(shard), "records": records}
     rows = summarise(records, methods)
     text_kind = spec.get("text_fidelity", "clip")
-    summary = {"suite": spec.get("name", str(suite)), "cases": len(cases), "methods": methods, "seed": seed,
-               "grid": grid, "rows": rows, "records": records}
+    summary |= {"rows": rows, "records": records}
     atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
     atomic_write_text(out / "results.md", markdown_table(rows, text_kind))
     scatter(rows, out / "scatter.png", f"{summary['suite']}: {len(cases)} cases", text_kind)

@@ -28,8 +28,8 @@ def _shard(text: str) -> tuple[int, int]:
     return shard
 
 
-def _option(text: str) -> tuple[str, object]:
-    """"key=value" -> (key, YAML value)."""
+def parse_key_value(text: str) -> tuple[str, object]:
+    """"key=value" -> (key, YAML value); also used by benchmarks/init_sweep.py."""
     import yaml
 
     key, sep, value = text.partition("=")
@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", parents=[common], help="run a suite of cases through several methods")
     p.add_argument("--suite", default="shapes", help="shapes (shipped) or a suite YAML file")
     p.add_argument("--limit", type=int, help="first N cases only")
-    p.add_argument("--option", type=_option, action="append", metavar="KEY=VALUE",
+    p.add_argument("--option", type=parse_key_value, action="append", metavar="KEY=VALUE",
                    help="a transfer option for every method, over the suite's (YAML value; repeatable)")
     p.add_argument("--shard", type=_shard, metavar="I/N",
                    help="only cases i mod n (for parallel runs into one --output-dir; no summary)")
