@@ -279,3 +279,65 @@ def test_render_speed():
     elapsed = time.perf_counter() - start
     print(f"world: {1000 / elapsed:.0f} clips/s at 32x32x16")
     assert elapsed < 10.0
+
+
+# ------------------------------------------------------------------------------------ textured backgrounds (v2)
+
+def test_texture_draws_leave_version_1_clips_unchanged():
+    rng_a, rng_b = np.random.default_rng(21), np.random.default_rng(21)
+    plain = [world.sample_params(rng_a) for _ in range(20)]
+    assert all(p.texture == "plain" for p in plain)
+    maybe = [world.sample_params(rng_b, texture_prob=1.0) for _ in range(1)]
+    first = dataclasses.replace(maybe[0], texture="plain", texture_amplitude=0.0, texture_angle=0.0, texture_seed=0)
+    assert first == plain[0]                       # texture draws come after every version-1 draw
+
+
+def test_texture_share_and_kinds():
+    rng = np.random.default_rng(3)
+    params = [world.sample_params(rng, texture_prob=0.5) for _ in range(600)]
+    kinds = [p.texture for p in params]
+    assert 0.42 < kinds.count("plain") / len(kinds) < 0.58
+    assert kinds.count("gradient") > 100 and kinds.count("noise") > 100
+
+
+@pytest.mark.parametrize("texture", ["gradient", "noise"])
+def test_textured_background_is_static_bounded_and_resolution_independent(texture):
+    base = world.sample_params(np.random.default_rng(5), background="white", motion="linear")
+    params = dataclasses.replace(base, texture=texture, texture_amplitude=14.0, texture_angle=0.7, texture_seed=11)
+    clip = world.render(params, size=64, frames=6)
+    bg = np.array(world.BACKGROUNDS["white"], np.float64)
+    away = ~clip.masks.any(axis=0) & ~_dilated(clip.masks.any(axis=0))      # never touched by the object
+    pixels = clip.frames[:, away].astype(np.float64)                          # (F, N, 3)
+    assert (pixels == pixels[:1]).all()                                       # the same in every frame
+    distance = bg - pixels                                                    # towards grey: white only darkens
+    assert distance.min() >= 0 and 12.0 <= distance.max() <= 14.0 + 0.5      # pattern fills its amplitude
+    small = world.background_image(params, 32)
+    large = world.background_image(params, 64)
+    down = cv2.resize(large, (32, 32), interpolation=cv2.INTER_AREA)
+    assert np.abs(down - small).max() < 1.5                                   # same picture at both sizes
+    plain = world.background_image(dataclasses.replace(params, texture="plain"), 32)
+    assert (plain == bg).all()
+
+
+def test_textured_frame_blends_the_object_over_the_pattern():
+    base = world.sample_params(np.random.default_rng(6), colour="red", background="gray")
+    params = dataclasses.replace(base, texture="gradient", texture_amplitude=10.0)
+    clip = world.render(params, size=48, frames=3)
+    inside = clip.masks & _eroded(clip.masks)
+    np.testing.assert_array_equal(clip.frames[inside], np.array(world.COLOURS["red"], np.uint8)[None].repeat(
+        inside.sum(), 0))
+
+
+def test_texture_amplitude_is_checked():
+    with pytest.raises(ValueError, match="texture_amplitude"):
+        dataclasses.replace(world.sample_params(np.random.default_rng(0)), texture_amplitude=300.0)
+    with pytest.raises(ValueError, match="texture"):
+        dataclasses.replace(world.sample_params(np.random.default_rng(0)), texture="plaid")
+
+
+def _dilated(mask: np.ndarray) -> np.ndarray:
+    return cv2.dilate(mask.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+
+
+def _eroded(mask: np.ndarray) -> np.ndarray:
+    return np.stack([cv2.erode(m.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) for m in mask])

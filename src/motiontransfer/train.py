@@ -57,6 +57,7 @@ class TrainConfig:
     size: int = 32                  # pixels, square frames
     frames: int = 16                # frames per clip
     clips: int = 20_000             # training clips
+    texture_prob: float = 0.0       # share of clips with a textured background (world version 2)
     max_tokens: int = 16            # tokenizer model_max_length (captions have at most 13 words)
     # VAE
     vae_channels: tuple[int, ...] = (32, 64, 64)   # 2 downsamplings: factor 4, latent 4 x 8 x 8
@@ -202,7 +203,8 @@ def stage_data(cfg: TrainConfig, work: Path) -> None:
     if path.exists():
         return
     logger.info("rendering %d clips of %d frames at %dx%d", cfg.clips, cfg.frames, cfg.size, cfg.size)
-    data = world.make_dataset(cfg.clips, seed=cfg.seed, size=cfg.size, frames=cfg.frames, progress=True)
+    data = world.make_dataset(cfg.clips, seed=cfg.seed, size=cfg.size, frames=cfg.frames, progress=True,
+                              texture_prob=cfg.texture_prob)
     tmp = work / "data.tmp.npz"
     np.savez(tmp, frames=data["frames"], captions=np.array(data["captions"]))
     os.replace(tmp, path)
@@ -229,9 +231,10 @@ def stage_vae(cfg: TrainConfig, work: Path, log: Log) -> None:
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     if state is not None:
         vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
+        if "opt" in state:                                   # absent when seeded from an export
+            opt.load_state_dict(state["opt"])
+            gen.set_state(state["gen"])
         step = state["step"]
-        gen.set_state(state["gen"])
     vae.train()
     last_save = time.time()
     bar = tqdm(total=cfg.vae_steps, initial=step, desc="vae", dynamic_ncols=True)
@@ -406,8 +409,11 @@ def stage_unet(cfg: TrainConfig, work: Path, log: Log) -> None:
 
 def seed_from_export(cfg: TrainConfig, work: Path, source: Path) -> None:
     """Starts a work folder from an exported model (e.g. the shipped one) instead of from scratch: its VAE is
-    taken as trained, its UNet and text encoder (and their moving average) as the state after the steps it
-    records, without optimiser moments. Lets training continue on a machine that kept no checkpoints."""
+    taken as trained (or, when the export was trained at another frame size than `cfg.size`, as the start of
+    `cfg.vae_steps` fine-tuning steps at the new size), its UNet and text encoder (and their moving average)
+    as the state after the steps it records, without optimiser moments. Every network here is convolutional
+    or attends over positions, so the weights run at any size. Lets training continue on a machine that kept
+    no checkpoints, and a larger model start from a smaller one."""
     import shutil
 
     from diffusers import AutoencoderKL, UNet3DConditionModel
@@ -415,10 +421,12 @@ def seed_from_export(cfg: TrainConfig, work: Path, source: Path) -> None:
 
     if (work / "unet.pt").exists() or (work / "vae.pt").exists():
         raise SystemExit(f"{work} already holds checkpoints; --init-from needs an empty work folder")
-    steps = json.loads((source / "motiontransfer.json").read_text())["trained_steps"]
+    recorded = json.loads((source / "motiontransfer.json").read_text())
+    steps = recorded["trained_steps"]
     shutil.copytree(source / "tokenizer", work / "tokenizer", dirs_exist_ok=True)
     vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
-    save_atomic({"model": vae.state_dict(), "step": cfg.vae_steps, "seeded_from": str(source)}, work / "vae.pt")
+    vae_step = cfg.vae_steps if recorded.get("width", cfg.size) == cfg.size else 0
+    save_atomic({"model": vae.state_dict(), "step": vae_step, "seeded_from": str(source)}, work / "vae.pt")
     unet = UNet3DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch.float32)
     text = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=torch.float32)
     params = [p.detach().clone() for p in list(unet.parameters()) + list(text.parameters())]

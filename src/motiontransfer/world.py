@@ -1,6 +1,7 @@
 """A synthetic world of one moving shape: small videos with captions and ground truth.
 
-Each clip shows one coloured object (circle, square, triangle, star, heart) on a plain background. The
+Each clip shows one coloured object (circle, square, triangle, star, heart) on a background of one named
+colour, plain or, in version 2 of the world, faintly textured (a gradient or smooth noise, `TEXTURES`). The
 object's centre follows a parametric trajectory (`MOTIONS`), its size may change smoothly (approach,
 recede) and it may spin at a constant angular speed. Everything needed to render a clip lives in a
 `ClipParams`, in resolution-independent units, so the same clip renders at 32x32 for training and at
@@ -24,6 +25,10 @@ averaged down with `cv2.INTER_AREA`; the fraction of covered sub-pixels blends t
 background colour, and the mask holds the pixels with coverage >= 0.5. The object always lies inside the
 frame: trajectories are fitted (at sampling time) or reflected (bounce) in the box whose margin is the
 largest size of the clip.
+
+Backgrounds. A textured background stays within `_TEXTURE_AMPLITUDE` grey levels of its named colour,
+always towards mid-grey (so nothing clips), and is the same in every frame: a static scene behind a moving
+object, as in real footage, while the background colour and the object stay easy to tell apart.
 
 Captions follow one grammar, `a {colour} {shape} [{motion phrase}] on a {background} background`, e.g.
 "a red star moving left on a white background".
@@ -76,6 +81,9 @@ MOTIONS: tuple[str, ...] = (
     "pause",       # along a line at constant speed, at rest during [pause_start, pause_end]
 )
 
+# Background patterns (version 2 of the world): none, a linear gradient, smooth value noise. Static in time.
+TEXTURES: tuple[str, ...] = ("plain", "gradient", "noise")
+
 _DIRECTIONS = ("right", "up and right", "up", "up and left", "left", "down and left", "down", "down and right")
 _MOTION_PHRASES: dict[str, str] = {  # "linear" takes "moving {direction}" instead
     "bounce": "bouncing around",
@@ -108,6 +116,8 @@ _DRIFT_LENGTH = (0.2, 0.4)         # zigzag, wave
 _LATERAL_AMPLITUDE = (0.05, 0.1)
 _ZIGZAG_PERIODS = (1.5, 2.5)
 _WAVE_PERIODS = (1.0, 1.75)
+_TEXTURE_AMPLITUDE = (8.0, 16.0)   # grey levels at most off the named colour; the segmenter's floor is 40
+_NOISE_GRID = 5                    # value noise: a 5x5 grid of random levels, bicubically interpolated
 _FIT_SAMPLES = 513                 # times at which a trajectory is checked to stay inside the frame
 
 
@@ -179,14 +189,20 @@ class ClipParams:
     size_ratio: float = 1.0        # circumradius at t = 1 over size0; size(t) = size0 * size_ratio ** t
     angle0: float = 0.0            # radians at t = 0 (clockwise on screen)
     spin: float = 0.0              # radians per clip; angle(t) = angle0 + spin * t
+    texture: str = "plain"         # background pattern, one of TEXTURES
+    texture_amplitude: float = 0.0 # grey levels, the pattern's largest distance from the named colour
+    texture_angle: float = 0.0     # gradient: direction in which it moves away from the colour, radians
+    texture_seed: int = 0          # noise: the seed of its grid of levels
 
     def __post_init__(self):
         for field, names in (("shape", SHAPES), ("colour", COLOURS), ("background", BACKGROUNDS),
-                             ("motion", MOTIONS)):
+                             ("motion", MOTIONS), ("texture", TEXTURES)):
             if getattr(self, field) not in names:
                 raise ValueError(f"unknown {field} {getattr(self, field)!r}; choose from {', '.join(names)}")
         if not (self.size0 > 0 and self.size_ratio > 0):
             raise ValueError(f"size0 and size_ratio must be positive, got {self.size0}, {self.size_ratio}")
+        if not 0.0 <= self.texture_amplitude <= 127.0:
+            raise ValueError(f"texture_amplitude must be in [0, 127] grey levels, got {self.texture_amplitude}")
         if not 0.0 <= self.pause_start <= self.pause_end <= 1.0 or self.pause_end - self.pause_start >= 1.0:
             raise ValueError(f"need 0 <= pause_start <= pause_end <= 1 and a pause shorter than the clip, "
                              f"got [{self.pause_start}, {self.pause_end}]")
@@ -356,13 +372,28 @@ def _bounce_anchor(rng: np.random.Generator, params: ClipParams) -> ClipParams:
 
 
 def sample_params(rng: np.random.Generator, *, shape: str | None = None, colour: str | None = None,
-                  background: str | None = None, motion: str | None = None) -> ClipParams:
+                  background: str | None = None, motion: str | None = None,
+                  texture_prob: float = 0.0) -> ClipParams:
     """Draws a clip: uniform shape, colour, background and motion (colour and background by PAIR_PROBABILITIES).
 
     Arguments that are given are kept; the random draws are made all the same, so fixing the shape, say,
     leaves the colour, background and motion of the same generator state unchanged. About 25% of clips
-    do not spin and about 30% keep their size. Raises ValueError for an unknown name or a FORBIDDEN pair.
+    do not spin and about 30% keep their size. With probability `texture_prob` the background is textured
+    (gradient or noise, equally likely); those draws come last and only when `texture_prob` > 0, so version 1
+    clips of a seed are unchanged. Raises ValueError for an unknown name or a FORBIDDEN pair.
     """
+    params = _sample_plain(rng, shape=shape, colour=colour, background=background, motion=motion)
+    if texture_prob <= 0.0 or rng.random() >= texture_prob:
+        return params
+    return dataclasses.replace(params, texture=TEXTURES[1 + int(rng.integers(len(TEXTURES) - 1))],
+                               texture_amplitude=float(rng.uniform(*_TEXTURE_AMPLITUDE)),
+                               texture_angle=float(rng.uniform(0.0, 2 * math.pi)),
+                               texture_seed=int(rng.integers(2 ** 31)))
+
+
+def _sample_plain(rng: np.random.Generator, *, shape: str | None, colour: str | None, background: str | None,
+                  motion: str | None) -> ClipParams:
+    """`sample_params` without the background texture (version 1 of the world)."""
     u_shape, u_colour, u_background, u_motion = rng.random(4)
     shape = shape if shape is not None else _pick(SHAPES, u_shape)
     colours, backgrounds = list(COLOURS), list(BACKGROUNDS)
@@ -447,6 +478,51 @@ def _coverage(params: ClipParams, centres: np.ndarray, sizes: np.ndarray, angles
     return out
 
 
+def background_image(params: ClipParams, size: int) -> np.ndarray:
+    """The clip's background, (size, size, 3) float64 RGB in [0, 255], the same in every frame.
+
+    The pattern p(x, y) in [0, 1] (0 for "plain") moves each channel `texture_amplitude * p` grey levels from
+    the named colour towards mid-grey. Gradient: p rises linearly along `texture_angle` across the frame.
+    Noise: a `_NOISE_GRID` x `_NOISE_GRID` grid of uniform levels from `texture_seed`, bicubically
+    interpolated and stretched to [0, 1]. Both are defined in normalised coordinates, so a clip looks the
+    same at every resolution.
+    """
+    bg = np.array(BACKGROUNDS[params.background], np.float64)
+    if params.texture == "plain" or params.texture_amplitude == 0.0:
+        return np.broadcast_to(bg, (size, size, 3)).copy()
+    centres = (np.arange(size) + 0.5) / size - 0.5                              # normalised, about the centre
+    if params.texture == "gradient":
+        c, s = math.cos(params.texture_angle), math.sin(params.texture_angle)
+        along = c * centres[None, :] + s * centres[:, None]                     # (H, W) in [-0.71, 0.71]
+        pattern = along / math.sqrt(0.5) * 0.5 + 0.5
+    else:
+        grid = np.random.default_rng(params.texture_seed).random((_NOISE_GRID, _NOISE_GRID))
+        coords = (centres + 0.5) * (_NOISE_GRID - 1)                            # grid units
+        pattern = _bicubic(grid, coords)
+        pattern = (pattern - pattern.min()) / max(float(np.ptp(pattern)), 1e-9)
+    towards_grey = np.where(bg > 127.5, -1.0, 1.0)                              # (3,) never clips
+    return bg + params.texture_amplitude * pattern[..., None] * towards_grey
+
+
+def _bicubic(grid: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Catmull-Rom interpolation of a (G, G) grid at (coords[i], coords[j]) for all i, j (grid units, rows by
+    the first index): (N,) -> (N, N). Resolution-independent, unlike an image resize of the grid."""
+    g = len(grid)
+
+    def weights(u):                                   # (N,) -> (N, G) interpolation matrix along one axis
+        base = np.floor(u).astype(int)
+        f = u - base
+        w = np.stack([(-f ** 3 + 2 * f ** 2 - f) / 2, (3 * f ** 3 - 5 * f ** 2 + 2) / 2,
+                      (-3 * f ** 3 + 4 * f ** 2 + f) / 2, (f ** 3 - f ** 2) / 2], axis=1)
+        m = np.zeros((len(u), g))
+        for k in range(4):
+            np.add.at(m, (np.arange(len(u)), np.clip(base + k - 1, 0, g - 1)), w[:, k])
+        return m
+
+    m = weights(coords)
+    return m @ grid @ m.T
+
+
 def render(params: ClipParams, size: int = 32, frames: int = 16, *, supersample: int = 4,
            motion_phrase: bool = False) -> Clip:
     """Renders a clip of `frames` frames at `size` x `size` pixels; deterministic given its arguments.
@@ -463,9 +539,10 @@ def render(params: ClipParams, size: int = 32, frames: int = 16, *, supersample:
     count = _coverage(params, centres, sizes, angles, size, supersample)     # (F, H, W)
     levels = supersample * supersample
     obj = np.array(COLOURS[params.colour], np.float64)
-    bg = np.array(BACKGROUNDS[params.background], np.float64)
-    lut = np.rint(bg + np.linspace(0.0, 1.0, levels + 1)[:, None] * (obj - bg)).astype(np.uint8)   # (levels+1, 3)
-    return Clip(frames=lut[count], masks=2 * count >= levels, centres=centres.astype(np.float32),
+    bg = background_image(params, size)                                      # (H, W, 3)
+    cover = count[..., None] / levels                                        # (F, H, W, 1) in [0, 1]
+    pixels = np.rint(bg + cover * (obj - bg)).clip(0, 255).astype(np.uint8)
+    return Clip(frames=pixels, masks=2 * count >= levels, centres=centres.astype(np.float32),
                 sizes=sizes.astype(np.float32), angles=angles.astype(np.float32),
                 caption=caption(params, motion_phrase=motion_phrase), params=params)
 
@@ -563,7 +640,8 @@ def sample_clip(rng: np.random.Generator, size: int = 32, frames: int = 16, moti
 
 
 def make_dataset(n: int, seed: int, size: int = 32, frames: int = 16, motion_phrase_prob: float = 0.5,
-                 progress: bool = False, *, masks: bool = False, supersample: int = 4) -> dict:
+                 progress: bool = False, *, masks: bool = False, supersample: int = 4,
+                 texture_prob: float = 0.0) -> dict:
     """Renders n clips from `np.random.default_rng(seed)`; the same arguments give the same arrays.
 
     Returns {"frames": (N, F, H, W, 3) uint8, "captions": list[str], "shape", "colour", "background",
@@ -588,7 +666,8 @@ def make_dataset(n: int, seed: int, size: int = 32, frames: int = 16, motion_phr
         out["masks"] = np.empty((n, frames, size, size), bool)
     index = {"shape": SHAPES, "colour": tuple(COLOURS), "background": tuple(BACKGROUNDS), "motion": MOTIONS}
     for i in tqdm(range(n), desc="world", disable=not progress, dynamic_ncols=True):
-        clip = sample_clip(rng, size, frames, motion_phrase_prob, supersample=supersample)
+        clip = sample_clip(rng, size, frames, motion_phrase_prob, supersample=supersample,
+                           texture_prob=texture_prob)
         out["frames"][i] = clip.frames
         out["centres"][i] = clip.centres
         out["sizes"][i] = clip.sizes
