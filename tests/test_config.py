@@ -45,7 +45,7 @@ def test_every_preset_builds_a_valid_config():
 
 # one non-default value for every field, as YAML would spell it (lists for tuples)
 EVERY_FIELD = {
-    "model": "some/folder", "frames": 8, "stride": 2, "start": 3, "resize": "pad", "width": 64, "height": 48,
+    "model": "some/folder", "frames": 8, "stride": 2, "start": 3, "region": [4, 2, 40, 30], "resize": "pad", "width": 64, "height": 48,
     "source_prompt": "a red square", "negative_prompt": "blurry", "guidance_scale": 7.5, "steps": 20,
     "inversion_steps": 40, "restart": True, "guidance_window": [0.1, 0.5], "iterations": 3,
     "learning_rate": [0.01, 0.002], "layers": ["up_blocks.1.temp_convs.1", "up_blocks.2.resnets.0"],

@@ -153,3 +153,19 @@ def test_demo_runs_again_over_its_own_earlier_result(opts, tmp_path):
     demo(seed=0, **kwargs)
     demo(seed=1, **kwargs)
     assert json.loads((tmp_path / "demo" / "run.json").read_text())["seed"] == 1
+
+
+def test_region_is_cut_out_before_the_fit_and_the_fit_is_recorded(opts, caplog):
+    big = np.zeros((4, 90, 120, 3), np.uint8)
+    big[:, 20:52, 40:72] = moving_square()                        # the square's 32x32 world inside a larger frame
+    cfg = fill_from_model(TransferConfig(model=opts["model"], region=(40, 20, 32, 32)), get_model(
+        TransferConfig(model=opts["model"])), set())
+    with caplog.at_level("INFO", logger="motiontransfer.pipeline"):
+        source = load_source(big, cfg, fps=8.0)
+    np.testing.assert_array_equal(source.frames, moving_square())      # same size: no resampling
+    assert source.fit == "region 32x32 at (40, 20) of 120x90; resized to 32x32 (1x)"
+    assert source.fit in caplog.text
+    r = motiontransfer.transfer(big, "a green star", output_dir=False, seed=0, region=(40, 20, 32, 32), **opts)
+    assert r.record["fit"] == source.fit
+    whole = load_source(big, cfg.replace(region=None), fps=8.0)
+    assert whole.fit.startswith("source 120x90; centre crop keeps columns 15-104")

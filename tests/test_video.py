@@ -307,3 +307,32 @@ def test_frames_digest():
     changed[1, 7, 7, 2] ^= 1
     assert frames_digest(frames) != frames_digest(changed)
     assert frames_digest(frames[:, ::-1]) == frames_digest(np.ascontiguousarray(frames[:, ::-1]))
+
+
+# ------------------------------------------------------------------------------------ region and fit description
+
+def test_crop_region_cuts_the_box_and_checks_bounds():
+    frames = np.arange(2 * 6 * 8 * 3, dtype=np.uint8).reshape(2, 6, 8, 3)
+    out = video.crop_region(frames, (2, 1, 4, 3))
+    np.testing.assert_array_equal(out, frames[:, 1:4, 2:6])
+    with pytest.raises(VideoError, match="inside the 8x6 frame"):
+        video.crop_region(frames, (5, 0, 4, 3))
+
+
+@pytest.mark.parametrize("policy,size,expected,hint", [
+    ("crop", (768, 576), "centre crop keeps columns 96-671 (75% of the width); resized to 64x64 (0.11x)", True),
+    ("crop", (300, 400), "centre crop keeps rows 50-349 (75% of the height); resized to 64x64 (0.21x)", True),
+    ("pad", (768, 576), "padded with black to the model's aspect; resized to 64x64 (0.083x)", True),
+    ("stretch", (128, 64), "stretched to the model's aspect; resized to 64x64 (0.5x)", False),
+    ("crop", (128, 128), "resized to 64x64 (0.5x)", False),
+])
+def test_describe_fit_says_what_is_kept(policy, size, expected, hint):
+    text = video.describe_fit(*size, 64, 64, policy)
+    assert text.startswith(f"source {size[0]}x{size[1]}; ")
+    assert expected in text
+    assert ("--region" in text) == hint          # below a quarter of the size, small objects vanish
+
+
+def test_describe_fit_with_a_region():
+    text = video.describe_fit(768, 576, 64, 64, "crop", (100, 200, 160, 160))
+    assert text == "region 160x160 at (100, 200) of 768x576; resized to 64x64 (0.4x)"

@@ -38,6 +38,16 @@ def parse_key_value(text: str) -> tuple[str, object]:
     return key, yaml.safe_load(value)
 
 
+def _region(text: str) -> tuple[int, int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"expected X,Y,WIDTH,HEIGHT in whole pixels, got {text[:40]!r}")
+    return values
+
+
 def _add_method_options(p: argparse.ArgumentParser) -> None:
     """Options of TransferConfig; every default is None so that only given flags override the config file."""
     g = p.add_argument_group("model and input")
@@ -47,6 +57,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--frames", type=int, help="frames to use (default: the model's native count)")
     g.add_argument("--stride", type=int, help="take every S-th frame (output fps = source fps / S)")
     g.add_argument("--start", type=int, help="first frame, 0-based")
+    g.add_argument("--region", type=_region, metavar="X,Y,W,H",
+                   help="use only this box of the source frames (pixels), then fit it to the model")
     g.add_argument("--resize", choices=["crop", "stretch", "pad"], help="how to fit the model's aspect (crop)")
     g.add_argument("--width", type=int, help="pixels (default: the model's)")
     g.add_argument("--height", type=int, help="pixels (default: the model's)")
@@ -89,7 +101,7 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an earlier result there")
 
 
-METHOD_KEYS = ("model", "frames", "stride", "start", "resize", "width", "height", "source_prompt", "negative_prompt",
+METHOD_KEYS = ("model", "frames", "stride", "start", "region", "resize", "width", "height", "source_prompt", "negative_prompt",
                "guidance_scale", "steps", "inversion_steps", "restart", "guidance_window", "iterations",
                "learning_rate", "layers", "layer_weights", "loss", "init", "lf_factor", "seed", "device", "dtype",
                "allow_unsafe_weights", "cache_dir", "use_cache", "vae_slicing", "sdedit_strength", "cpu_offload", "activations")

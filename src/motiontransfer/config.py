@@ -39,6 +39,7 @@ class TransferConfig:
     frames: int | None = None                     # frames to use; None: the model's native count
     stride: int = 1                               # take every stride-th frame; output fps = source fps / stride
     start: int = 0                                # first frame (0-based, before striding)
+    region: tuple[int, ...] | None = None         # (x, y, width, height) in source pixels, cut out before resizing
     resize: str = "crop"                          # crop | stretch | pad
     width: int | None = None                      # pixels; None: the model's
     height: int | None = None
@@ -117,6 +118,9 @@ def validate(c: TransferConfig) -> None:
     need(c.frames is None or c.frames >= 2, f"--frames must be at least 2, got {c.frames}")
     need(c.stride >= 1, f"--stride must be at least 1, got {c.stride}")
     need(c.start >= 0, f"--start must be 0 or more, got {c.start}")
+    need(c.region is None or (len(c.region) == 4 and c.region[0] >= 0 and c.region[1] >= 0
+                              and c.region[2] >= 1 and c.region[3] >= 1),
+         f"--region must be X,Y,WIDTH,HEIGHT with X, Y >= 0 and a positive size, got {c.region}")
     need(c.resize in RESIZE_POLICIES, f"--resize must be one of {', '.join(RESIZE_POLICIES)}, got {c.resize!r}")
     for name in ("width", "height"):
         v = getattr(c, name)
@@ -153,7 +157,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "loss": "pairwise_cosine", "init": "lf", "lf_factor": 4, "guidance_scale": 10.0},
 }
 
-_TUPLE_FIELDS = {"guidance_window", "learning_rate", "layers", "layer_weights"}
+_TUPLE_FIELDS = {"guidance_window", "learning_rate", "layers", "layer_weights", "region"}
 RUN_KEYS = {"output_dir", "overwrite"}   # run options a YAML file may also set
 
 

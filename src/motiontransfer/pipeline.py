@@ -34,7 +34,8 @@ from .losses import motion_loss, reduce_source
 from .memory import activation_options
 from .models import TextToVideo, load_model
 from .sampling import SampleHistory, guidance_timesteps, guided_sample
-from .video import (Video, atomic_write_text, check_writable_dir, frames_digest, read_video, resize_frames,
+from .video import (Video, atomic_write_text, check_writable_dir, crop_region, describe_fit, frames_digest,
+                    read_video, resize_frames,
                     side_by_side, write_frames, write_video)
 
 logger = logging.getLogger(__name__)
@@ -112,9 +113,15 @@ def load_source(video: str | Path | Video | np.ndarray, config: TransferConfig, 
     frames = video.frames[:config.frames]
     if len(frames) < config.frames:
         raise ConfigError(f"the video has {len(frames)} frames; {config.frames} are needed")
-    if frames.shape[1:3] != (config.height, config.width):
+    height_in, width_in = frames.shape[1:3]
+    if config.region is not None:
+        frames = crop_region(frames, config.region)
+    fit = ""
+    if config.region is not None or frames.shape[1:3] != (config.height, config.width):
+        fit = describe_fit(width_in, height_in, config.width, config.height, config.resize, config.region)
+        logger.info("%s", fit)
         frames = resize_frames(frames, config.width, config.height, config.resize)
-    return Video(frames=frames, fps=video.fps, source=video.source)
+    return Video(frames=frames, fps=video.fps, source=video.source, fit=fit)
 
 
 def check_video_path(video) -> None:
@@ -312,9 +319,9 @@ def new_counts() -> dict[str, int]:
     return {"unet_forward": 0, "unet_truncated_forward": 0, "unet_backward": 0}
 
 
-def run_record(result: TransferResult, model: TextToVideo, video_source: str) -> dict:
+def run_record(result: TransferResult, model: TextToVideo, video_source: str, fit: str = "") -> dict:
     return {
-        "prompt": result.prompt, "source": video_source, "seed": result.seed, "fps": result.fps,
+        "prompt": result.prompt, "source": video_source, "fit": fit, "seed": result.seed, "fps": result.fps,
         "config": result.config.to_dict(), "model": {"path": str(model.path), "identity": model.identity},
         "device": str(model.device), "dtype": str(model.dtype), "versions": versions(),
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()}, "counts": result.counts,
@@ -376,7 +383,7 @@ def transfer(video: str | Path | np.ndarray, prompt: str | list[str], *, output_
                 d.rmdir()
         raise
     for i, result in enumerate(results):
-        result.record = run_record(result, model, source.source)
+        result.record = run_record(result, model, source.source, source.fit)
         if directories:
             result.output_dir = directories[i]
             write_outputs(directories[i], result, result.record, overwrite=overwrite)
@@ -438,7 +445,7 @@ def analyze(video: str | Path | np.ndarray, *, target: str = "smm", seeds: int |
         prepare_output_dir(directory, overwrite)
         seed_cfg = cfg.replace(seed=seed)
         result = generate(model, source, [prompt or ""], seed_cfg, progress=not quiet)[0]
-        result.record = run_record(result, model, source.source) | {"analysis": target}
+        result.record = run_record(result, model, source.source, source.fit) | {"analysis": target}
         result.output_dir = directory
         write_outputs(directory, result, result.record, overwrite=overwrite)
         results.append(result)

@@ -50,6 +50,7 @@ class Video:
     frames: np.ndarray      # (F, H, W, 3) uint8 RGB
     fps: float              # frames per second of `frames`: the source rate divided by the stride
     source: str             # the path it was read from
+    fit: str = ""           # how it was cropped and resized to the model's frame, in words ("" if untouched)
 
 
 # --------------------------------------------------------------------------------------------------- reading
@@ -218,6 +219,53 @@ def _resize(frames: np.ndarray, width: int, height: int) -> np.ndarray:
     interpolation = cv2.INTER_AREA if width * height < w * h else cv2.INTER_CUBIC
     # cv2 saturates uint8 results, so bicubic overshoot is clipped to 0..255.
     return np.stack([cv2.resize(frame, (width, height), interpolation=interpolation) for frame in frames])
+
+
+def crop_region(frames: np.ndarray, region: tuple[int, int, int, int]) -> np.ndarray:
+    """The box (x, y, width, height) of (F, H, W, 3) frames, in source pixels; it must lie inside the frame."""
+    _check_frames(frames)
+    x, y, w, h = region
+    height, width = frames.shape[1:3]
+    if w < 1 or h < 1 or x < 0 or y < 0 or x + w > width or y + h > height:
+        raise VideoError(f"--region {x},{y},{w},{h} does not lie inside the {width}x{height} frame")
+    return frames[:, y:y + h, x:x + w]
+
+
+def describe_fit(width_in: int, height_in: int, width: int, height: int, policy: str,
+                 region: tuple[int, int, int, int] | None = None) -> str:
+    """One line saying what `crop_region` and `resize_frames` keep of a width_in x height_in source."""
+    words = []
+    if region is not None:
+        x, y, w, h = region
+        words.append(f"region {w}x{h} at ({x}, {y}) of {width_in}x{height_in}")
+        width_in, height_in = w, h
+    else:
+        words.append(f"source {width_in}x{height_in}")
+    if policy == "crop" and width_in * height != width * height_in:
+        if width_in * height > width * height_in:
+            kept = max(1, round(height_in * width / height))
+            x0 = (width_in - kept) // 2
+            words.append(f"centre crop keeps columns {x0}-{x0 + kept - 1} ({kept / width_in:.0%} of the width)")
+            scale = width / kept
+        else:
+            kept = max(1, round(width_in * height / width))
+            y0 = (height_in - kept) // 2
+            words.append(f"centre crop keeps rows {y0}-{y0 + kept - 1} ({kept / height_in:.0%} of the height)")
+            scale = height / kept
+    elif policy == "pad":
+        scale = min(width / width_in, height / height_in)
+        words.append("padded with black to the model's aspect")
+    elif policy == "stretch":
+        scale = min(width / width_in, height / height_in)
+        if width_in * height != width * height_in:
+            words.append("stretched to the model's aspect")
+    else:
+        scale = width / width_in
+    words.append(f"resized to {width}x{height} ({scale:.2g}x)")
+    if scale < 0.25:
+        words.append("objects smaller than about 1/8 of the frame will be a few pixels across: "
+                     "--region selects a part of the frame")
+    return "; ".join(words)
 
 
 def resize_frames(frames: np.ndarray, width: int, height: int, policy: str = "crop") -> np.ndarray:
