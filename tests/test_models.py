@@ -203,3 +203,25 @@ def test_zeroscope_truncated_pass_stops_after_up_blocks_1(zeroscope_unet):
         "up_blocks.1.temp_convs.1": (24, 1280, 10, 18),
         "up_blocks.1.upsamplers.0": (24, 1280, 20, 36),
     }
+
+
+# ------------------------------------------------------------------------------------------- vocabulary warnings
+
+def test_unknown_words_of_a_closed_vocabulary():
+    from motiontransfer.models import unknown_words
+    vocab = ("a", "red", "star", "on", "black", "background")
+    assert unknown_words("a dolphin swimming, a Dolphin!", vocab) == ["dolphin", "swimming"]
+    assert unknown_words("A red star on a black background.", vocab) == []
+    assert unknown_words("anything at all", None) == []
+
+
+def test_shipped_model_warns_once_about_words_it_does_not_know(caplog):
+    from motiontransfer.models import load_model
+    model = load_model(None, device="cpu")
+    assert "star" in model.defaults.vocabulary and "dolphin" not in model.defaults.vocabulary
+    with caplog.at_level("WARNING", logger="motiontransfer.models"):
+        model.encode_prompts(["a dolphin swimming", "a red star on a black background"])
+        model.encode_prompts(["a dolphin swimming"])
+    warnings = [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "'dolphin', 'swimming'" in warnings[0] and "star" in warnings[0].split("the words it knows:")[1]

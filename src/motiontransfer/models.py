@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -53,6 +53,7 @@ class ModelDefaults:
     fps: float = DEFAULT_FPS
     negative_prompt: str | None = None     # None: the reference's negative prompt
     method: dict | None = None             # TransferConfig fields the model recommends (e.g. its own init)
+    vocabulary: tuple[str, ...] | None = None   # the words a small model was trained on; None: open vocabulary
 
 
 def shipped_model_path() -> Path:
@@ -146,13 +147,24 @@ def model_identity(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def unknown_words(prompt: str, vocabulary: tuple[str, ...] | None) -> list[str]:
+    """The distinct words of `prompt` (lowercase, split at anything but letters and digits) that are not in
+    `vocabulary`, in order of appearance; none when the vocabulary is None (an open-vocabulary model)."""
+    if vocabulary is None:
+        return []
+    known = set(vocabulary)
+    words = "".join(ch if ch.isalnum() else " " for ch in prompt.lower()).split()
+    return list(dict.fromkeys(w for w in words if w not in known))
+
+
 def read_defaults(path: Path, unet_config, vae_config) -> ModelDefaults:
     extra = path / "motiontransfer.json"
     if extra.exists():
         data = json.loads(extra.read_text())
         return ModelDefaults(width=int(data["width"]), height=int(data["height"]), frames=int(data["frames"]),
                              fps=float(data.get("fps", DEFAULT_FPS)), negative_prompt=data.get("negative_prompt"),
-                             method=data.get("method_defaults") or None)
+                             method=data.get("method_defaults") or None,
+                             vocabulary=tuple(data["vocabulary"]) if data.get("vocabulary") else None)
     for key, (w, h, f) in KNOWN_SIZES.items():
         if key in path.name or key in path.parent.parent.name:      # a folder, or a hub cache snapshot
             return ModelDefaults(width=w, height=h, frames=f)
@@ -181,6 +193,7 @@ class TextToVideo:
     dtype: torch.dtype
     vae_slicing: bool = False
     cpu_offload: bool = False      # text encoder and VAE live on the CPU and visit the device only to run
+    _warned_prompts: set = field(default_factory=set, repr=False)   # prompts already warned about (check_words)
 
     @contextmanager
     def _running(self, module: torch.nn.Module):
@@ -218,9 +231,21 @@ class TextToVideo:
         return tuple(torch.tensor(v, device=like.device, dtype=like.dtype).view(1, -1, 1, 1) for v in (mean, std))
 
     # text ------------------------------------------------------------------------------------------
+    def check_words(self, prompt: str) -> list[str]:
+        """The words of `prompt` outside the model's vocabulary (when it declares one), warned about once."""
+        unknown = unknown_words(prompt, self.defaults.vocabulary)
+        if unknown and prompt not in self._warned_prompts:
+            self._warned_prompts.add(prompt)
+            shown = ", ".join(repr(w[:30]) for w in unknown[:8]) + (" ..." if len(unknown) > 8 else "")
+            logger.warning("the model does not know %s (it splits unknown words into letters and ignores their "
+                           "meaning); the words it knows: %s", shown, ", ".join(self.defaults.vocabulary))
+        return unknown
+
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """(B, T, D) text embeddings, padded to the tokenizer's model_max_length as in training."""
+        for prompt in prompts:
+            self.check_words(prompt)
         tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
         with self._running(self.text_encoder) as encoder:

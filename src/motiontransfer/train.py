@@ -470,6 +470,7 @@ def export(cfg: TrainConfig, work: Path, out: Path, *, dtype=torch.float16) -> N
         # benchmarks/init_sweep.py: on this small model the unfiltered inverted latent follows the source's
         # motion far better than LF init (Eq. 4), at the same colour and shape rates
         "method_defaults": {"init": "inverted"},
+        "vocabulary": world.vocabulary(),        # prompts with other words get a warning (models.check_words)
         "trained_steps": state["step"], "train_config": asdict(cfg)}, indent=2))
     if out.exists():
         import shutil
