@@ -75,3 +75,20 @@ def test_per_channel_latent_normalisation_is_exported_with_the_model(tmp_path):
     frames, _ = train.load_frames(work)
     encoded = model.encode_frames(frames[0])
     assert train.torch.allclose(encoded, latents[:1], atol=0.05)
+
+
+def test_a_continuation_at_another_frame_size_fine_tunes_the_vae_there(tmp_path):
+    first, out = tmp_path / "first", tmp_path / "model"
+    train.main(["--work", str(first), "--export", str(out), "--set", *TOY])          # 32x32
+    larger = tmp_path / "larger"
+    more = [kv for kv in TOY if not kv.startswith("video_steps")] + ["video_steps=4", "size=48", "texture_prob=0.5"]
+    train.main(["--work", str(larger), "--init-from", str(out), "--export", str(tmp_path / "next"), "--set", *more])
+    log = [json.loads(line) for line in (larger / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["stage"] == "vae"] == [3]             # all 3 VAE steps again, at 48x48
+    assert train.torch.load(larger / "unet.pt", weights_only=False)["step"] == 6
+    model = load_model(str(tmp_path / "next"))
+    assert model.defaults.width == 48 and model.unet.config.sample_size == 12
+    assert "star" in model.defaults.vocabulary
+    frames, _ = train.load_frames(larger)
+    assert frames.shape[2:4] == (48, 48)
+    assert model.decode_latents(model.encode_frames(frames[0])).shape == (4, 48, 48, 3)

@@ -16,6 +16,9 @@ Stages (each writes into the work folder, outside git):
 
 The noise schedule is ZeroScope's (scaled_linear 0.00085 to 0.012, 1000 steps, epsilon prediction), so the
 reference preset applies to this model unchanged. Progress goes to a tqdm bar and to `log.jsonl`.
+
+`--device cuda` trains on a GPU (bf16 autocast); every random draw still comes from CPU generators, so a run
+is the same draw for draw on any device, and checkpoints load anywhere (they are read with map_location).
 """
 
 from __future__ import annotations
@@ -215,9 +218,19 @@ def load_frames(work: Path) -> tuple[np.ndarray, list[str]]:
         return z["frames"], [str(c) for c in z["captions"]]
 
 
-def stage_vae(cfg: TrainConfig, work: Path, log: Log) -> None:
+def _load(path: Path):
+    return torch.load(path, weights_only=False, map_location="cpu")
+
+
+def _autocast(device: torch.device):
+    """bf16 mixed precision on CUDA; nothing elsewhere (CPU autocast is slower than fp32 for these models)."""
+    import contextlib
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def stage_vae(cfg: TrainConfig, work: Path, log: Log, device: torch.device = torch.device("cpu")) -> None:
     path = work / "vae.pt"
-    state = torch.load(path, weights_only=False) if path.exists() else None
+    state = _load(path) if path.exists() else None
     if state is not None and state["step"] >= cfg.vae_steps:
         return
     frames, _ = load_frames(work)
@@ -226,11 +239,13 @@ def stage_vae(cfg: TrainConfig, work: Path, log: Log) -> None:
     held_out = flat[len(flat) - n_held:]
     flat = flat[:len(flat) - n_held]
     vae = build_vae(cfg)
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     step = 0
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     if state is not None:
         vae.load_state_dict(state["model"])
+    vae.to(device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    if state is not None:
         if "opt" in state:                                   # absent when seeded from an export
             opt.load_state_dict(state["opt"])
             gen.set_state(state["gen"])
@@ -242,12 +257,13 @@ def stage_vae(cfg: TrainConfig, work: Path, log: Log) -> None:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.vae_steps, cfg.vae_lr, 100)
         idx = torch.randint(len(flat), (cfg.vae_batch,), generator=gen)
-        x = to_unit(flat[idx])
-        posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
-        rec = vae.decode(z).sample
+        x = to_unit(flat[idx]).to(device)
+        with _autocast(device):
+            posterior = vae.encode(x).latent_dist
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
+            rec = vae.decode(z).sample.float()
         rec_loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
-        kl = posterior.kl().mean() / x[0].numel()
+        kl = posterior.kl().float().mean() / x[0].numel()
         loss = rec_loss + cfg.vae_kl * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -263,6 +279,7 @@ def stage_vae(cfg: TrainConfig, work: Path, log: Log) -> None:
                 x = to_unit(held_out[:512])
                 if len(x) == 0:
                     x = to_unit(flat[:8])
+                x = x.to(device)
                 held = psnr(vae.decode(vae.encode(x).latent_dist.mean).sample, x)
             vae.train()
             log(stage="vae", step=step, loss=rec_loss.item(), kl=kl.item(), psnr_held_out=held)
@@ -275,21 +292,21 @@ def stage_vae(cfg: TrainConfig, work: Path, log: Log) -> None:
 
 def load_vae(cfg: TrainConfig, work: Path):
     vae = build_vae(cfg)
-    vae.load_state_dict(torch.load(work / "vae.pt", weights_only=False)["model"])
+    vae.load_state_dict(_load(work / "vae.pt")["model"])
     return vae.eval().requires_grad_(False)
 
 
-def stage_encode(cfg: TrainConfig, work: Path) -> None:
+def stage_encode(cfg: TrainConfig, work: Path, device: torch.device = torch.device("cpu")) -> None:
     path = work / "latents.pt"
     if path.exists():
         return
     frames, captions = load_frames(work)
-    vae = load_vae(cfg, work)
+    vae = load_vae(cfg, work).to(device)
     means = []
     with torch.no_grad():
         for i in tqdm(range(0, len(frames), 64), desc="encode", dynamic_ncols=True):
-            x = to_unit(torch.from_numpy(frames[i:i + 64]).flatten(0, 1))        # (b*F, 3, H, W)
-            z = vae.encode(x).latent_dist.mean
+            x = to_unit(torch.from_numpy(frames[i:i + 64]).flatten(0, 1)).to(device)   # (b*F, 3, H, W)
+            z = vae.encode(x).latent_dist.mean.cpu()                                  # fp32: the cache is exact
             means.append(z.unflatten(0, (-1, cfg.frames)).transpose(1, 2))       # (b, C, F, h, w)
     latents = torch.cat(means)
     scaling = 1.0 / latents.std().item()
@@ -299,7 +316,7 @@ def stage_encode(cfg: TrainConfig, work: Path) -> None:
 def load_latents(cfg: TrainConfig, work: Path) -> tuple[torch.Tensor, list[str], dict]:
     """The cached latents normalised as `cfg.latent_norm` says, their captions, and the VAE config entries that
     reproduce the normalisation at inference (`scaling_factor`, and `latents_mean` / `latents_std` per channel)."""
-    cached = torch.load(work / "latents.pt", weights_only=False)
+    cached = _load(work / "latents.pt")
     latents, scaling = cached["latents"], cached["scaling_factor"]     # latents.pt holds posterior mean x scaling
     if cfg.latent_norm == "global":
         return latents, cached["captions"], {"scaling_factor": scaling}
@@ -325,13 +342,13 @@ def unet_lr(cfg: TrainConfig, step: int) -> float:
     return lr_at(step - cfg.schedule_from, total - cfg.schedule_from, cfg.lr, cfg.warmup)
 
 
-def stage_unet(cfg: TrainConfig, work: Path, log: Log) -> None:
+def stage_unet(cfg: TrainConfig, work: Path, log: Log, device: torch.device = torch.device("cpu")) -> None:
     from diffusers import DDPMScheduler
     from transformers import CLIPTokenizer
 
     path = work / "unet.pt"
     total = cfg.image_steps + cfg.video_steps
-    state = torch.load(path, weights_only=False) if path.exists() else None
+    state = _load(path) if path.exists() else None
     if state is not None and state["step"] >= total:
         return
     tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
@@ -342,24 +359,27 @@ def stage_unet(cfg: TrainConfig, work: Path, log: Log) -> None:
 
     unet = build_unet(cfg)
     text = build_text_encoder(cfg, len(tokenizer))
-    params = list(unet.parameters()) + list(text.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
-    ema = [p.detach().clone() for p in params]
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     step = 0
     if state is not None:
         unet.load_state_dict(state["unet"])
         text.load_state_dict(state["text"])
+    unet.to(device)
+    text.to(device)
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
+    ema = [p.detach().clone() for p in params]
+    if state is not None:
         if "opt" in state:                                   # absent when seeded from an export
             opt.load_state_dict(state["opt"])
             gen.set_state(state["gen"])
-        ema = state["ema"]
+        ema = [e.to(device) for e in state["ema"]]
         step = state["step"]
     noise = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items()
                              if k not in ("set_alpha_to_one", "steps_offset")})
     alphas = noise.alphas_cumprod
     snr = alphas / (1 - alphas)
-    weight = torch.clamp(snr, max=cfg.min_snr_gamma) / snr                    # min-SNR weighting, epsilon target
+    weight = (torch.clamp(snr, max=cfg.min_snr_gamma) / snr).to(device)       # min-SNR weighting, epsilon target
     unet.train()
     text.train()
     last_save = time.time()
@@ -382,8 +402,10 @@ def stage_unet(cfg: TrainConfig, work: Path, log: Log) -> None:
         t = torch.randint(0, noise.config.num_train_timesteps, (len(clip),), generator=gen)
         eps = torch.randn(x0.shape, generator=gen)
         xt = noise.add_noise(x0, eps, t)
-        cond = text(tokens).last_hidden_state
-        pred = unet(xt, t, encoder_hidden_states=cond).sample
+        xt, eps, t, tokens = xt.to(device), eps.to(device), t.to(device), tokens.to(device)
+        with _autocast(device):
+            cond = text(tokens).last_hidden_state
+            pred = unet(xt, t, encoder_hidden_states=cond).sample.float()
         per_sample = (pred - eps).pow(2).mean(dim=(1, 2, 3, 4))
         loss = (per_sample * weight[t]).mean()
         opt.zero_grad(set_to_none=True)
@@ -440,7 +462,7 @@ def export(cfg: TrainConfig, work: Path, out: Path, *, dtype=torch.float16) -> N
     from transformers import CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
-    state = torch.load(work / "unet.pt", weights_only=False)
+    state = _load(work / "unet.pt")
     unet = build_unet(cfg)
     text = build_text_encoder(cfg, len(tokenizer))
     params = list(unet.parameters()) + list(text.parameters())
@@ -487,6 +509,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init-from", type=Path, default=None,
                         help="start an empty work folder from an exported model (e.g. the shipped one)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override a TrainConfig field")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (checkpoints move between them)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -513,9 +536,10 @@ def main(argv: list[str] | None = None) -> None:
     stage_data(cfg, args.work)
     if not (args.work / "tokenizer" / "vocab.json").exists():
         build_tokenizer(args.work / "tokenizer", cfg.max_tokens)
-    stage_vae(cfg, args.work, log)
-    stage_encode(cfg, args.work)
-    stage_unet(cfg, args.work, log)
+    device = torch.device(args.device)
+    stage_vae(cfg, args.work, log, device)
+    stage_encode(cfg, args.work, device)
+    stage_unet(cfg, args.work, log, device)
     if args.export:
         export(cfg, args.work, args.export)
 
