@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from motiontransfer import __version__, pipeline, world
-from motiontransfer.memory import GIB, ZEROSCOPE_TEXT_ENCODER_CONFIG, ZEROSCOPE_VAE_CONFIG
+from motiontransfer import __version__, pipeline
+from motiontransfer.shapes import world
+from motiontransfer.tools.memory import GIB, ZEROSCOPE_TEXT_ENCODER_CONFIG, ZEROSCOPE_VAE_CONFIG
 from motiontransfer.models import ZEROSCOPE_UNET_CONFIG, shipped_model_path
-from motiontransfer.train import SCHEDULER_CONFIG
+from motiontransfer.shapes.training import SCHEDULER_CONFIG
 
 RUNS = {   # name: transfer options
     "default": {"activations": "checkpoint"},

@@ -22,7 +22,7 @@ import numpy as np
 
 import motiontransfer
 from motiontransfer.cli import parse_key_value
-from motiontransfer.shapes_eval import classify_video, object_track, trajectory_agreement, transfer_pairs
+from motiontransfer.shapes.report import classify_video, object_track, trajectory_agreement, transfer_pairs
 
 DEFAULT_SETTINGS = {"lf4": {"init": "lf", "lf_factor": 4}, "lf2": {"init": "lf", "lf_factor": 2},
                     "inverted": {"init": "inverted"}}

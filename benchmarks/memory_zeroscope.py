@@ -1,7 +1,7 @@
 """GPU memory of a ZeroScope-scale transfer, counted without the weights (see docs/memory.md).
 
 Builds ZeroScope's UNet3D, VAE and text encoder on the meta device from their configs and runs the package's
-own code paths on them (`motiontransfer.memory.estimate_run`): one row per memory option at 24 frames, 576x320,
+own code paths on them (`motiontransfer.tools.memory.estimate_run`): one row per memory option at 24 frames, 576x320,
 fp16, then a frame sweep. Prints the tables and writes them, with the per-phase numbers, the options, the
 library versions and the wall time, as JSON and markdown. CPU only; about 75 s on one thread.
 
@@ -25,7 +25,7 @@ from motiontransfer import __version__
 from motiontransfer.config import DEFAULT_LAYERS
 from motiontransfer.features import FeatureHooks
 from motiontransfer.losses import motion_loss
-from motiontransfer.memory import (GIB, LiveBytes, SavedTensorCounter, checkpoint_blocks, cpu_allocator_peak,
+from motiontransfer.tools.memory import (GIB, LiveBytes, SavedTensorCounter, checkpoint_blocks, cpu_allocator_peak,
                                    estimate_run, fused_attention, meta_model, unet_checkpoint_units)
 from motiontransfer.sampling import GuidedStep, optimise_latent
 

@@ -27,7 +27,7 @@ def build_tiny_model(directory: Path, *, seed: int = 0, size: int = 32, frames: 
     from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from motiontransfer.train import build_tokenizer
+    from motiontransfer.shapes.training import build_tokenizer
 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(directory / "tokenizer", max_tokens=8, words=WORDS)

@@ -351,7 +351,7 @@ def test_score_prints_two_sided_motion_fidelity_and_writes_json(tmp_path, capsys
 
     import numpy as np
 
-    from motiontransfer import world
+    from motiontransfer.shapes import world
     from motiontransfer.video import write_video
 
     clip = world.sample_clip(np.random.default_rng(4), size=64, frames=12, motion="linear")

@@ -99,7 +99,7 @@ def test_sdedit_baseline_starts_part_way_and_needs_no_inversion(opts):
 
 
 def test_demo_writes_source_result_comparison_and_trajectory_plot(opts, tmp_path):
-    from motiontransfer.demo import demo
+    from motiontransfer.shapes.demo import demo
 
     out = demo(output_dir=tmp_path / "demo", seed=0, model=opts["model"], steps=3, cache_dir=opts["cache_dir"],
                quiet=True)
@@ -147,7 +147,7 @@ def test_model_recommendations_apply_unless_set_explicitly(tiny_model, tmp_path,
 
 
 def test_demo_runs_again_over_its_own_earlier_result(opts, tmp_path):
-    from motiontransfer.demo import demo
+    from motiontransfer.shapes.demo import demo
 
     kwargs = dict(output_dir=tmp_path / "demo", model=opts["model"], steps=2, cache_dir=opts["cache_dir"], quiet=True)
     demo(seed=0, **kwargs)

@@ -155,7 +155,7 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from .metrics import score_videos
+    from .evaluation.metrics import score_videos
     from .video import atomic_write_text, read_video
 
     box = tuple(float(v) for v in args.box.split(",")) if args.box else None
@@ -183,14 +183,14 @@ def cmd_score(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench
+    from .evaluation.suite import bench
 
     bench(args)
     return 0
 
 
 def cmd_demo(args) -> int:
-    from .demo import demo
+    from .shapes.demo import demo
 
     out = demo(video=args.video, prompt=args.prompt, output_dir=args.output_dir, overwrite=bool(args.overwrite),
                seed=args.seed, quiet=args.quiet)

@@ -28,7 +28,8 @@ from .features import FeatureHooks
 logger = logging.getLogger(__name__)
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-SHIPPED_MODEL = "shapes"
+# The default checkpoint: the shipped shapes model, found as package data (no import of the shapes wing).
+SHIPPED_MODEL = "shapes/weights/model"          # under the package
 # Native sizes of known checkpoints whose UNet config cannot tell them (non-square): (width, height, frames).
 KNOWN_SIZES = {"zeroscope_v2_576w": (576, 320, 24), "zeroscope_v2_xl": (1024, 576, 24),
                "text-to-video-ms-1.7b": (256, 256, 16)}
@@ -57,7 +58,7 @@ class ModelDefaults:
 
 
 def shipped_model_path() -> Path:
-    return Path(str(resources.files("motiontransfer") / "weights" / SHIPPED_MODEL))
+    return Path(str(resources.files("motiontransfer"))) / SHIPPED_MODEL
 
 
 def pick_device(device: str = "auto") -> torch.device:

@@ -31,7 +31,7 @@ from .features import FeatureHooks
 from .initialization import initial_latent
 from .inversion import InversionCache, ddim_invert, sampling_timesteps
 from .losses import motion_loss, reduce_source
-from .memory import activation_options
+from .tools.memory import activation_options
 from .models import TextToVideo, load_model
 from .sampling import SampleHistory, guidance_timesteps, guided_sample
 from .video import (Video, atomic_write_text, check_writable_dir, crop_region, describe_fit, frames_digest,

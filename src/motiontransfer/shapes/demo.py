@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from . import world
-from .pipeline import transfer
-from .video import atomic_write_text, read_video, write_video
+from ..pipeline import transfer
+from ..video import atomic_write_text, read_video, write_video
 
 
 def target_prompt(params: world.ClipParams) -> str:
@@ -32,7 +32,7 @@ def plot_trajectories(source: np.ndarray, result: np.ndarray, path: Path, title:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .shapes_eval import object_track, trajectory_agreement
+    from .report import object_track, trajectory_agreement
 
     a, b = object_track(source), object_track(result)
     h, w = source.shape[1:3]

@@ -40,7 +40,7 @@ text embedding of the prompt. The raw cosine is returned (`clip_score`, in [-1, 
 100 x this value ("CLIP score").
 
 Frames are np.ndarray (F, H, W, 3) uint8 RGB throughout. Point coordinates are float pixels, x to the right and
-y down, in the convention of `motiontransfer.world`: the origin is the top-left corner of the top-left pixel,
+y down, in the convention of `motiontransfer.shapes.world`: the origin is the top-left corner of the top-left pixel,
 so pixel (row i, column j) covers [j, j + 1] x [i, i + 1] and its centre is (j + 0.5, i + 0.5). (OpenCV and
 CoTracker put pixel centres at integers; the conversion happens inside the trackers.)
 """
@@ -56,7 +56,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import ConfigError, ModelError, MotionTransferError
+from ..errors import ConfigError, ModelError, MotionTransferError
 
 logger = logging.getLogger(__name__)
 

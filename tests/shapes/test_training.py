@@ -5,9 +5,9 @@ import math
 
 import numpy as np
 
-from motiontransfer import train
+from motiontransfer.shapes import training as train
 from motiontransfer.models import load_model
-from motiontransfer.world import vocabulary
+from motiontransfer.shapes.world import vocabulary
 
 TOY = ["clips=12", "frames=4", "vae_steps=3", "vae_batch=4", "vae_channels=[16,16,16]", "unet_channels=[16,16,32]",
        "image_steps=2", "image_batch=4", "video_steps=2", "video_batch=2", "text_hidden=16", "checkpoint_minutes=0"]

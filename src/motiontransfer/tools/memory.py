@@ -46,12 +46,12 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import get_device_states, set_device_states
 
-from .config import DEFAULT_LAYERS
-from .errors import ConfigError
-from .features import FeatureHooks
-from .losses import motion_loss
-from .models import ZEROSCOPE_UNET_CONFIG, ModelDefaults, TextToVideo
-from .sampling import GuidedStep, optimise_latent
+from ..config import DEFAULT_LAYERS
+from ..errors import ConfigError
+from ..features import FeatureHooks
+from ..losses import motion_loss
+from ..models import ZEROSCOPE_UNET_CONFIG, ModelDefaults, TextToVideo
+from ..sampling import GuidedStep, optimise_latent
 
 ACTIVATION_MODES = ("none", "checkpoint", "offload")
 # sdpa-fused: diffusers' default AttnProcessor2_0 with the kernel PyTorch picks on a CUDA GPU in fp16 (flash, or

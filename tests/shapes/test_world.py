@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from motiontransfer import world
+from motiontransfer.shapes import world
 
 
 def _static(params: world.ClipParams) -> world.ClipParams:

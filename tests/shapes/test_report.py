@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from motiontransfer import shapes_eval as se
-from motiontransfer import world
+from motiontransfer.shapes import report as se
+from motiontransfer.shapes import world
 
 HELD_OUT_SEED = 424_242            # not a classifier training seed (shapes_eval.CLASSIFIER_TRAIN_SEED + s)
 

@@ -28,7 +28,7 @@ Quality report (`evaluate_model`, CLI `report`)
     Plain text-to-video on held-out prompts, the VAE's round trip on held-out world clips, and motion transfer
     on held-out world clips against the text-to-video baseline. See `evaluate_model`.
 
-Coordinates are pixels in the convention of `motiontransfer.world`: x right, y down, pixel (row i, column j)
+Coordinates are pixels in the convention of `motiontransfer.shapes.world`: x right, y down, pixel (row i, column j)
 has its centre at (j + 0.5, i + 0.5). Frames are np.ndarray (F, H, W, 3) uint8 RGB throughout.
 
 Command line:
@@ -301,7 +301,7 @@ def train_classifier(out_dir: str | Path, seed: int = 0, steps: int = 2500, prog
 
 
 def shipped_classifier_path() -> Path:
-    return Path(str(resources.files("motiontransfer") / "weights" / "classifier"))
+    return Path(str(resources.files("motiontransfer.shapes"))) / "weights" / "classifier"
 
 
 def _classifier_record(path: str | Path | None = None) -> dict:
@@ -314,7 +314,7 @@ def load_classifier(path: str | Path | None = None) -> AttributeClassifier:
     """The classifier in `path` (default: the shipped weights), in eval mode on the CPU; cached per path."""
     from safetensors.torch import load_file
 
-    from .errors import ModelError
+    from ..errors import ModelError
 
     directory = Path(path) if path is not None else shipped_classifier_path()
     try:
@@ -640,8 +640,8 @@ def evaluate_model(model: str | None = None, n_prompts: int = 60, seed: int = 0,
 
     Shares are fractions in [0, 1]. Writes the report as JSON to `out` when given.
     """
-    from .config import TransferConfig
-    from .pipeline import get_model, text_to_video, transfer, versions
+    from ..config import TransferConfig
+    from ..pipeline import get_model, text_to_video, transfer, versions
 
     if n_prompts < 1 or pairs < 0 or real_clips < 1 or vae_clips < 0 or steps < 1:
         raise ValueError("need n_prompts >= 1, pairs >= 0, real_clips >= 1, vae_clips >= 0 and steps >= 1")
@@ -732,7 +732,7 @@ def evaluate_model(model: str | None = None, n_prompts: int = 60, seed: int = 0,
         "text_to_video": t2v, "vae": vae, "transfer": transfer_report,
     }
     if out is not None:
-        from .video import atomic_write_text
+        from ..video import atomic_write_text
 
         atomic_write_text(out, json.dumps(_jsonable(report), indent=2) + "\n")
     return report
@@ -801,7 +801,7 @@ def format_report(report: dict) -> str:
 # ----------------------------------------------------------------------------------------------------- CLI
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import MotionTransferError
+    from ..errors import MotionTransferError
 
     parser = argparse.ArgumentParser(prog="python -m motiontransfer.shapes_eval",
                                      description="Evaluation of the shapes text-to-video model.")
@@ -828,7 +828,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("diffusers", "transformers", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     if args.quiet:
-        from .cli import _quiet_libraries
+        from ..cli import _quiet_libraries
 
         _quiet_libraries()
     try:

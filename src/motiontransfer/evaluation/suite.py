@@ -39,8 +39,8 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from .errors import ConfigError
-from .video import atomic_write_text, read_video, write_video
+from ..errors import ConfigError
+from ..video import atomic_write_text, read_video, write_video
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def load_suite(suite: str | Path) -> tuple[dict, list[Case]]:
             raise ConfigError(f"case {name} in {path} has no prompt")
         centres = None
         if "world" in c:
-            from . import world
+            from ..shapes import world
 
             w = dict(c["world"])
             size, count = int(w.pop("size", 32)), int(w.pop("frames", 16))
@@ -120,7 +120,7 @@ def score_case(case: Case, frames: np.ndarray, spec: dict, grid: int) -> dict:
     scores["motion_fidelity"] = mf["motion_fidelity"]
     scores["motion_fidelity_one_sided"] = mf["motion_fidelity_one_sided"]
     if spec.get("text_fidelity", "clip") == "attributes":
-        from .shapes_eval import attribute_fidelity, object_track, trajectory_agreement
+        from ..shapes.report import attribute_fidelity, object_track, trajectory_agreement
 
         fid = attribute_fidelity(frames, case.prompt)
         scores["text_fidelity"] = fid["score"]
@@ -138,7 +138,7 @@ def score_case(case: Case, frames: np.ndarray, spec: dict, grid: int) -> dict:
 
 
 def run_case(case: Case, method: str, spec: dict, seed: int) -> tuple[dict, np.ndarray]:
-    from .pipeline import transfer
+    from ..pipeline import transfer
 
     options = {**(spec.get("options") or {}), **METHODS[method]}
     if spec.get("model") is not None:
@@ -279,8 +279,8 @@ def _perf_one(args: list[str]) -> None:
     """Child process: one transfer, prints JSON with timings, counts, peak memory and the frames' path."""
     import torch
 
-    from . import world
-    from .pipeline import transfer
+    from ..shapes import world
+    from ..pipeline import transfer
 
     preset, seed, frames, out = args[0], int(args[1]), int(args[2]), Path(args[3])
     model = args[4] if len(args) > 4 and args[4] else None
@@ -299,7 +299,7 @@ def _perf_one(args: list[str]) -> None:
 
 def perf_prompt(params) -> str:
     """A target whose shape and colour both differ from the source clip's, on the same background."""
-    from . import world
+    from ..shapes import world
 
     colours = [c for c in world.allowed_colours(params.background) if c != params.colour]
     shapes = [s for s in world.SHAPES if s != params.shape]
@@ -310,9 +310,9 @@ def bench_perf(output_dir: str | Path, *, seeds: int = 3, frames: tuple[int, ...
                pair_frames: int = 16, model: str | None = None, quiet: bool = False) -> dict:
     """Reference preset against ours on the shipped model, alternating, each run in its own process (so that
     peak memory is per run); then a frame sweep of ours. Reports ratios measured in the same run."""
-    from . import world
+    from ..shapes import world
     from .metrics import score_videos
-    from .shapes_eval import attribute_fidelity
+    from ..shapes.report import attribute_fidelity
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -321,7 +321,7 @@ def bench_perf(output_dir: str | Path, *, seeds: int = 3, frames: tuple[int, ...
            [("default", 0, f) for f in frames]
     for preset, seed, count in tqdm(plan, desc="perf", disable=quiet, dynamic_ncols=True):
         target = out / f"{preset}-{seed}-{count}.npy"
-        line = subprocess.run([sys.executable, "-m", "motiontransfer.bench", "_perf_one", preset, str(seed),
+        line = subprocess.run([sys.executable, "-m", "motiontransfer.evaluation.suite", "_perf_one", preset, str(seed),
                                str(count), str(target), model or ""], check=True, capture_output=True,
                               text=True).stdout
         record = json.loads(line.strip().splitlines()[-1])

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from motiontransfer import bench
+from motiontransfer.evaluation import suite as bench
 from motiontransfer.errors import ConfigError
 
 
@@ -25,7 +25,7 @@ cases:
 
 
 def test_shipped_shapes_suite_has_enough_cases_with_different_targets():
-    from motiontransfer import world
+    from motiontransfer.shapes import world
 
     spec, cases = bench.load_suite("shapes")
     assert spec["text_fidelity"] == "attributes" and len(cases) >= 20

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from motiontransfer import metrics
+from motiontransfer.evaluation import metrics
 from motiontransfer.errors import ConfigError, ModelError, MotionTransferError
-from motiontransfer.metrics import (
+from motiontransfer.evaluation.metrics import (
     Tracks, clip_text_similarity, motion_fidelity, query_grid, score_videos, track_points,
 )
 
@@ -443,7 +443,7 @@ def rigid_params(world, seed, **fixed):
 
 @pytest.mark.parametrize("motion", ["linear", "circle", "wave", "bounce"])
 def test_world_lk_tracks_match_ground_truth_centres(motion):
-    world = pytest.importorskip("motiontransfer.world")
+    world = pytest.importorskip("motiontransfer.shapes.world")
     clip = world.render(rigid_params(world, 0, motion=motion), 128, 16)
     tracks = track_points(clip.frames, grid=40, mask=clip.masks[0])
     kept = tracks.xy[tracks.valid]
@@ -455,7 +455,7 @@ def test_world_lk_tracks_match_ground_truth_centres(motion):
 
 
 def test_world_same_trajectory_other_shape_scores_high():
-    world = pytest.importorskip("motiontransfer.world")
+    world = pytest.importorskip("motiontransfer.shapes.world")
     params = rigid_params(world, 1, shape="star", motion="wave")
     original = world.render(params, 96, 14)
     other_shape = world.render(dataclasses.replace(params, shape="circle", colour="yellow"), 96, 14)
@@ -472,7 +472,7 @@ def test_world_same_trajectory_other_shape_scores_high():
 
 
 def test_world_clips_never_nan():
-    world = pytest.importorskip("motiontransfer.world")
+    world = pytest.importorskip("motiontransfer.shapes.world")
     rng = np.random.default_rng(9)
     a, b = world.sample_clip(rng, 32, 12), world.sample_clip(rng, 32, 12)
     result = score_videos(a.frames, b.frames, grid=GRID)
@@ -481,7 +481,7 @@ def test_world_clips_never_nan():
 
 def test_flow_tracker_follows_flat_coloured_objects_that_lk_cannot():
     """The shapes world's objects are flat: LK has no texture inside them, dense flow fills it in."""
-    from motiontransfer import world
+    from motiontransfer.shapes import world
 
     errors, kept = [], {"lk": [], "flow": []}
     for seed in range(6):

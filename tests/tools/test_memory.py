@@ -13,7 +13,7 @@ from motiontransfer.config import DEFAULT_LAYERS
 from motiontransfer.errors import ConfigError
 from motiontransfer.features import FeatureHooks
 from motiontransfer.losses import motion_loss
-from motiontransfer.memory import (LiveBytes, SavedTensorCounter, activation_options, checkpoint_blocks,
+from motiontransfer.tools.memory import (LiveBytes, SavedTensorCounter, activation_options, checkpoint_blocks,
                                    cpu_allocator_peak, estimate_guided_iteration, estimate_run, fused_attention,
                                    meta_model, offload_activations, unet_checkpoint_units)
 from motiontransfer.models import load_model

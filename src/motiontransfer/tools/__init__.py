@@ -1,0 +1,4 @@
+"""Tools, a wing beside the method: what is counted or looked up rather than run.
+
+    memory      byte counts of a run at ZeroScope scale, made on the meta device without the weights
+"""
