@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from motiontransfer import __version__, pipeline
+from motiontransfer.models import shipped_model_path
 from motiontransfer.shapes import world
-from motiontransfer.tools.memory import GIB, ZEROSCOPE_TEXT_ENCODER_CONFIG, ZEROSCOPE_VAE_CONFIG
-from motiontransfer.models import ZEROSCOPE_UNET_CONFIG, shipped_model_path
-from motiontransfer.shapes.training import SCHEDULER_CONFIG
+from motiontransfer.tools import zeroscope
+from motiontransfer.tools.memory import GIB
 
 RUNS = {   # name: transfer options
     "default": {"activations": "checkpoint"},
@@ -50,17 +50,17 @@ def build(directory: Path, device: str, *, tiny: bool, width: int, height: int, 
 
     tokenizer = CLIPTokenizer.from_pretrained(shipped_model_path(), subfolder="tokenizer", model_max_length=77)
     vocab = len(tokenizer)
-    text_config = dict(ZEROSCOPE_TEXT_ENCODER_CONFIG, **(TINY_TEXT if tiny else {}))
+    text_config = dict(zeroscope.TEXT_ENCODER_CONFIG, **(TINY_TEXT if tiny else {}))
     text_config.update(vocab_size=vocab, bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1)
     torch.manual_seed(0)
     with torch.device(device):
-        unet = UNet3DConditionModel(**dict(ZEROSCOPE_UNET_CONFIG, **(TINY_UNET if tiny else {})))
-        vae = AutoencoderKL(**dict(ZEROSCOPE_VAE_CONFIG, **(TINY_VAE if tiny else {})))
+        unet = UNet3DConditionModel(**dict(zeroscope.UNET_CONFIG, **(TINY_UNET if tiny else {})))
+        vae = AutoencoderKL(**dict(zeroscope.VAE_CONFIG, **(TINY_VAE if tiny else {})))
         text = CLIPTextModel(CLIPTextConfig(**text_config))
     for name, module in (("unet", unet), ("vae", vae), ("text_encoder", text)):
         module.to(torch.float16).save_pretrained(directory / name, safe_serialization=True)
     tokenizer.save_pretrained(directory / "tokenizer")
-    DDIMScheduler(**SCHEDULER_CONFIG).save_pretrained(directory / "scheduler")
+    DDIMScheduler(**zeroscope.SCHEDULER_CONFIG).save_pretrained(directory / "scheduler")
     (directory / "motiontransfer.json").write_text(json.dumps(
         {"width": width, "height": height, "frames": frames, "fps": 8.0, "negative_prompt": ""}))
     return directory

@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/init_sweep.py [--model PATH] [--pairs 12] [--seed 1]
         [--setting NAME KEY=VALUE ...] ... [--json runs/sweep.json]
 
-Pairs come from `shapes_eval.transfer_pairs` (a source clip; a target prompt of another shape and colour on
+Pairs come from `shapes.report.transfer_pairs` (a source clip; a target prompt of another shape and colour on
 the same background) with `--seed` (1 by default; the quality report uses seed 0, so the defaults chosen here
 are not tuned on the pairs they are reported on). Each setting runs `motiontransfer.transfer` once per pair
 (seed = pair index, the report's); the table gives, per setting, the mean velocity cosine against the source's
@@ -22,7 +22,9 @@ import numpy as np
 
 import motiontransfer
 from motiontransfer.cli import parse_key_value
-from motiontransfer.shapes.report import classify_video, object_track, trajectory_agreement, transfer_pairs
+from motiontransfer.shapes.classifier import classify_video
+from motiontransfer.shapes.report import transfer_pairs
+from motiontransfer.shapes.tracking import object_track, trajectory_agreement
 
 DEFAULT_SETTINGS = {"lf4": {"init": "lf", "lf_factor": 4}, "lf2": {"init": "lf", "lf_factor": 2},
                     "inverted": {"init": "inverted"}}

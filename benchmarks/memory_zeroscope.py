@@ -25,9 +25,10 @@ from motiontransfer import __version__
 from motiontransfer.config import DEFAULT_LAYERS
 from motiontransfer.features import FeatureHooks
 from motiontransfer.losses import motion_loss
-from motiontransfer.tools.memory import (GIB, LiveBytes, SavedTensorCounter, checkpoint_blocks, cpu_allocator_peak,
-                                   estimate_run, fused_attention, meta_model, unet_checkpoint_units)
+from motiontransfer.activations import checkpoint_blocks, unet_checkpoint_units
 from motiontransfer.sampling import GuidedStep, optimise_latent
+from motiontransfer.tools.memory import (GIB, LiveBytes, SavedTensorCounter, cpu_allocator_peak, estimate_run,
+                                         fused_attention, meta_model)
 
 CARD = 16 * GIB            # a "16 GB" card has 16 GiB
 HEADROOM = 1 * GIB         # outside these counts: CUDA context, cuDNN/cuBLAS workspaces, allocator slack

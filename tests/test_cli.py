@@ -3,6 +3,7 @@
 Every run uses the tiny random checkpoint, 4 frames of 32x32, a few DDIM steps and a cache under tmp_path.
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -203,6 +204,50 @@ def test_console_script_runs_a_transfer(tiny_model, source, tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert_user_error(done.returncode, done.stderr, "prompt is empty")
     assert done.returncode == 2
+
+
+# ------------------------------------------------------------------------------------------ a light front end
+
+LIGHT = """
+import sys
+from motiontransfer import cli
+try:
+    cli.main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+heavy = sorted(m for m in ("torch", "diffusers", "transformers", "cv2", "av") if m in sys.modules)
+print(code, heavy)
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["transfer", "--help"], ["train", "--help"],
+                                  ["transfer", "clip.mp4"], ["transfer", "clip.mp4", "--prompt", "x", "--resize", "no"],
+                                  ["nonsense"]])
+def test_help_and_argument_errors_import_no_torch(argv):
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", LIGHT, *argv], capture_output=True, text=True, env=env, timeout=60)
+    code, heavy = done.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert code == ("0" if "--help" in argv else "2"), done.stderr
+    assert heavy == "[]"
+
+
+def test_import_motiontransfer_is_light_and_its_names_load_on_use():
+    code = ("import sys, motiontransfer; light = 'torch' not in sys.modules; "
+            "f = motiontransfer.transfer; print(light, 'torch' in sys.modules, f.__module__)")
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.stdout.split() == ["True", "True", "motiontransfer.pipeline"], done.stderr
+
+
+def test_choices_come_from_the_config():
+    from motiontransfer import config
+
+    actions = {a.dest: a for a in cli.build_parser()._subparsers._group_actions[0].choices["transfer"]._actions}
+    assert tuple(actions["resize"].choices) == config.RESIZE_POLICIES
+    assert tuple(actions["activations"].choices) == config.ACTIVATIONS
+    assert tuple(actions["preset"].choices) == tuple(config.PRESETS)
+    flags = {a.dest for a in actions.values()}
+    assert {f.name for f in dataclasses.fields(config.TransferConfig)} <= flags
 
 
 # ---------------------------------------------------------------------------------------------- user errors

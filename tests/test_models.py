@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from motiontransfer import models
 from motiontransfer.config import DEFAULT_LAYERS
 from motiontransfer.features import FeatureHooks
 from motiontransfer.models import DEFAULT_FRAMES, ModelDefaults, load_model, model_identity
+from motiontransfer.tools import zeroscope
 
 from conftest import build_tiny_model, moving_square
 
@@ -170,7 +170,7 @@ def zeroscope_unet():
     from diffusers import UNet3DConditionModel
 
     with torch.device("meta"):
-        return UNet3DConditionModel(**models.ZEROSCOPE_UNET_CONFIG)
+        return UNet3DConditionModel(**zeroscope.UNET_CONFIG)
 
 
 def test_zeroscope_has_the_hooked_layers(zeroscope_unet):

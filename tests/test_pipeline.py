@@ -50,8 +50,8 @@ def test_guidance_lowers_the_loss_on_average(opts):
 
 
 def test_prompts_share_inversion_and_source_features(opts):
-    results = motiontransfer.transfer(moving_square(), ["a green star", "a blue circle"], output_dir=False, seed=0,
-                                      **opts)
+    results = motiontransfer.transfer_many(moving_square(), ["a green star", "a blue circle"], output_dir=False,
+                                           seed=0, **opts)
     assert [r.prompt for r in results] == ["a green star", "a blue circle"]
     guided = len(results[0].history.guided)
     # the source side is computed once and counted in the first record
@@ -98,18 +98,6 @@ def test_sdedit_baseline_starts_part_way_and_needs_no_inversion(opts):
     assert "inversion" not in r.timings and r.counts["unet_truncated_forward"] == 0
 
 
-def test_demo_writes_source_result_comparison_and_trajectory_plot(opts, tmp_path):
-    from motiontransfer.shapes.demo import demo
-
-    out = demo(output_dir=tmp_path / "demo", seed=0, model=opts["model"], steps=3, cache_dir=opts["cache_dir"],
-               quiet=True)
-    for name in ("source.mp4", "result.mp4", "comparison.mp4", "trajectory.png", "run.json"):
-        assert (out / name).stat().st_size > 0, name
-    record = json.loads((out / "run.json").read_text())
-    assert "velocity_cosine" in record["demo"]["trajectory"]
-    assert record["prompt"] != record["demo"]["source"]
-
-
 def test_cpu_offload_and_vae_slicing_leave_the_result_unchanged(opts):
     video = moving_square()
     plain = motiontransfer.transfer(video, "a green star", output_dir=False, seed=5, **opts)
@@ -146,13 +134,11 @@ def test_model_recommendations_apply_unless_set_explicitly(tiny_model, tmp_path,
     assert r.config.lf_factor == 4                                   # the reference preset stays exact
 
 
-def test_demo_runs_again_over_its_own_earlier_result(opts, tmp_path):
-    from motiontransfer.shapes.demo import demo
-
-    kwargs = dict(output_dir=tmp_path / "demo", model=opts["model"], steps=2, cache_dir=opts["cache_dir"], quiet=True)
-    demo(seed=0, **kwargs)
-    demo(seed=1, **kwargs)
-    assert json.loads((tmp_path / "demo" / "run.json").read_text())["seed"] == 1
+def test_one_result_per_function():
+    with pytest.raises(TypeError, match="transfer_many"):
+        motiontransfer.transfer(moving_square(), ["a green star", "a blue circle"], output_dir=False)
+    with pytest.raises(TypeError, match="use transfer"):
+        motiontransfer.transfer_many(moving_square(), "a green star", output_dir=False)
 
 
 def test_region_is_cut_out_before_the_fit_and_the_fit_is_recorded(opts, caplog):
@@ -169,3 +155,11 @@ def test_region_is_cut_out_before_the_fit_and_the_fit_is_recorded(opts, caplog):
     assert r.record["fit"] == source.fit
     whole = load_source(big, cfg.replace(region=None), fps=8.0)
     assert whole.fit.startswith("source 120x90; centre crop keeps columns 15-104")
+
+
+def test_invert_returns_where_the_cache_is(opts):
+    first = motiontransfer.invert(moving_square(), fps=8.0, **opts)
+    again = motiontransfer.invert(moving_square(), fps=8.0, **opts)
+    assert isinstance(first, motiontransfer.InversionResult) and first.cache.is_file()
+    assert not first.cached and first.unet_forward > 0
+    assert again.cached and again.cache == first.cache and again.unet_forward == 0

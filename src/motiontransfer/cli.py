@@ -1,6 +1,14 @@
 """motiontransfer: zero-shot text-driven video motion transfer (CVPR 2024, space-time diffusion features).
 
-Subcommands: transfer, invert, analyze, score, bench, demo, env. Each calls one public function of the library.
+Each subcommand calls one public function of the library:
+
+    transfer          pipeline.transfer_many            invert            pipeline.invert
+    analyze           pipeline.analyze                  env               pipeline.environment
+    score             evaluation.metrics.score_files    bench             evaluation.suite.bench_suite
+    bench-speed       evaluation.speed.bench_speed      demo              shapes.demo.demo
+    report            shapes.report.evaluate_model      train             shapes.training.train
+    train-classifier  shapes.classifier.train_classifier
+
 Errors a user can act on print one line on stderr and exit with status 2 (1 for out-of-memory); `--debug`
 shows the traceback.
 """
@@ -8,13 +16,19 @@ shows the traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
+# Light imports only: `--help` and argument errors must not load torch. The library is imported inside the
+# commands.
+from . import config as cfg
 from .errors import MotionTransferError
 
+
+# ------------------------------------------------------------------------------------------------ value types
 
 def _shard(text: str) -> tuple[int, int]:
     """"I/N" -> (I, N), 0 <= I < N."""
@@ -28,6 +42,28 @@ def _shard(text: str) -> tuple[int, int]:
     return shard
 
 
+def _box(text: str) -> tuple[float, float, float, float]:
+    """"x0,y0,x1,y1" -> four floats."""
+    try:
+        box = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise argparse.ArgumentTypeError("--box takes x0,y0,x1,y1 in pixels of the original video")
+    return box
+
+
+def _region(text: str) -> tuple[int, int, int, int]:
+    """"X,Y,W,H" -> four whole pixels."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"expected X,Y,WIDTH,HEIGHT in whole pixels, got {text[:40]!r}")
+    return values
+
+
 def parse_key_value(text: str) -> tuple[str, object]:
     """"key=value" -> (key, YAML value); also used by benchmarks/init_sweep.py."""
     import yaml
@@ -38,28 +74,29 @@ def parse_key_value(text: str) -> tuple[str, object]:
     return key, yaml.safe_load(value)
 
 
-def _region(text: str) -> tuple[int, int, int, int]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise argparse.ArgumentTypeError(f"expected X,Y,WIDTH,HEIGHT in whole pixels, got {text[:40]!r}")
-    return values
+def _key_text(text: str) -> tuple[str, str]:
+    """"key=value" -> (key, value as text), for `train --set` (the training config parses the value)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
 
+
+# ------------------------------------------------------------------------------------------ transfer options
 
 def _add_method_options(p: argparse.ArgumentParser) -> None:
-    """Options of TransferConfig; every default is None so that only given flags override the config file."""
+    """Options of TransferConfig; every default is None so that only given flags override the config file.
+    Choices come from config.py, which validates the same lists."""
     g = p.add_argument_group("model and input")
     g.add_argument("--model", help="diffusers-format folder or hub id (default: the shipped shapes model)")
     g.add_argument("--config", type=Path, help="YAML file setting any option; flags override it")
-    g.add_argument("--preset", choices=["default", "reference"], help="default (ours) or reference (the paper's code)")
+    g.add_argument("--preset", choices=list(cfg.PRESETS), help="default (ours) or reference (the paper's code)")
     g.add_argument("--frames", type=int, help="frames to use (default: the model's native count)")
     g.add_argument("--stride", type=int, help="take every S-th frame (output fps = source fps / S)")
     g.add_argument("--start", type=int, help="first frame, 0-based")
     g.add_argument("--region", type=_region, metavar="X,Y,W,H",
                    help="use only this box of the source frames (pixels), then fit it to the model")
-    g.add_argument("--resize", choices=["crop", "stretch", "pad"], help="how to fit the model's aspect (crop)")
+    g.add_argument("--resize", choices=cfg.RESIZE_POLICIES, help="how to fit the model's aspect (crop)")
     g.add_argument("--width", type=int, help="pixels (default: the model's)")
     g.add_argument("--height", type=int, help="pixels (default: the model's)")
     g.add_argument("--fps", type=float, help="frame rate of an image folder (default: 8)")
@@ -77,20 +114,20 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--learning-rate", type=float, nargs=2, metavar=("FIRST", "LAST"), help="(0.007 0.004)")
     g.add_argument("--layers", nargs="+", help="UNet module names to hook")
     g.add_argument("--layer-weights", type=float, nargs="+", help="one weight per layer")
-    g.add_argument("--loss", choices=["pairwise_cosine", "pairwise_l2", "smm", "features"])
-    g.add_argument("--init", choices=["lf", "random", "inverted", "sdedit"], help="initial latent (lf, Eq. 4)")
+    g.add_argument("--loss", choices=cfg.LOSSES)
+    g.add_argument("--init", choices=cfg.INITS, help="initial latent (lf, Eq. 4)")
     g.add_argument("--sdedit-strength", type=float, help="with --init sdedit: noise level as a fraction of T (0.6)")
     g.add_argument("--lf-factor", type=int, help="down-sampling factor of the LF filter (4)")
     g.add_argument("--seed", type=int, help="random seed (default: drawn and recorded in run.json)")
     g = p.add_argument_group("runtime")
     g.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
-    g.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"])
+    g.add_argument("--dtype", choices=cfg.DTYPES)
     g.add_argument("--allow-unsafe-weights", action="store_true", default=None,
                    help="allow pickled .bin weights (they can run code)")
     g.add_argument("--cache-dir", help="inversion cache (default: ~/.cache/motiontransfer/inversions)")
     g.add_argument("--no-cache", dest="use_cache", action="store_false", default=None, help="don't use the cache")
     g.add_argument("--vae-slicing", action="store_true", default=None, help="VAE one frame at a time")
-    g.add_argument("--activations", choices=["auto", "none", "checkpoint", "offload"],
+    g.add_argument("--activations", choices=cfg.ACTIVATIONS,
                    help="what guidance keeps for backward (auto: checkpoint on CUDA, to save GPU memory)")
     g.add_argument("--cpu-offload", action="store_true", default=None,
                    help="keep the text encoder and VAE on the CPU except while they run (GPU memory)")
@@ -101,18 +138,10 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an earlier result there")
 
 
-METHOD_KEYS = ("model", "frames", "stride", "start", "region", "resize", "width", "height", "source_prompt", "negative_prompt",
-               "guidance_scale", "steps", "inversion_steps", "restart", "guidance_window", "iterations",
-               "learning_rate", "layers", "layer_weights", "loss", "init", "lf_factor", "seed", "device", "dtype",
-               "allow_unsafe_weights", "cache_dir", "use_cache", "vae_slicing", "sdedit_strength", "cpu_offload", "activations")
-
-
 def _method_options(args) -> dict:
-    out = {k: getattr(args, k) for k in METHOD_KEYS if getattr(args, k, None) is not None}
-    for k in ("guidance_window", "learning_rate", "layers", "layer_weights"):
-        if k in out:
-            out[k] = tuple(out[k])
-    return out
+    """The TransferConfig fields given on the command line (every field of the config is a flag)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cfg.TransferConfig)
+            if getattr(args, f.name, None) is not None}
 
 
 def _run_options(args) -> dict:
@@ -124,12 +153,12 @@ def _run_options(args) -> dict:
     return out
 
 
-def cmd_transfer(args) -> int:
-    from .pipeline import transfer
+# --------------------------------------------------------------------------------------------------- commands
 
-    results = transfer(args.video, args.prompt if len(args.prompt) > 1 else args.prompt[0],
-                       **_run_options(args), **_method_options(args))
-    for r in results if isinstance(results, list) else [results]:
+def cmd_transfer(args) -> int:
+    from .pipeline import transfer_many
+
+    for r in transfer_many(args.video, args.prompt, **_run_options(args), **_method_options(args)):
         print(f"{r.output_dir}/result.mp4  (seed {r.seed}, {sum(r.timings.values()):.1f} s)")
     return 0
 
@@ -138,82 +167,95 @@ def cmd_invert(args) -> int:
     from .pipeline import invert
 
     opts = _run_options(args)
-    info = invert(args.video, quiet=opts["quiet"], preset=opts["preset"], config=opts["config"], fps=opts["fps"],
+    done = invert(args.video, quiet=opts["quiet"], preset=opts["preset"], config=opts["config"], fps=opts["fps"],
                   **_method_options(args))
-    print(("cache hit: " if info["cached"] else "inverted: ") + info["cache"])
+    print(("cache hit: " if done.cached else "inverted: ") + str(done.cache))
     return 0
 
 
 def cmd_analyze(args) -> int:
     from .pipeline import analyze
 
-    results = analyze(args.video, target=args.target, seeds=args.seeds, **_run_options(args),
-                      **_method_options(args))
-    for r in results:
+    for r in analyze(args.video, target=args.target, seeds=args.seeds, **_run_options(args), **_method_options(args)):
         print(f"{r.output_dir}/result.mp4  (seed {r.seed})")
     return 0
 
 
 def cmd_score(args) -> int:
-    from .evaluation.metrics import score_videos
-    from .video import atomic_write_text, read_video
+    from .evaluation.metrics import score_files
 
-    box = tuple(float(v) for v in args.box.split(",")) if args.box else None
-    if box is not None and len(box) != 4:
-        raise MotionTransferError("--box takes x0,y0,x1,y1 in pixels of the original video")
-    mask = None
-    if args.mask:
-        import cv2
-        image = cv2.imread(str(args.mask), cv2.IMREAD_GRAYSCALE)
-        if image is None:
-            raise MotionTransferError(f"cannot read the mask image {args.mask}")
-        mask = image > 127
-    original = read_video(args.original).frames
-    edited = read_video(args.edited).frames
-    if mask is not None and mask.shape != original.shape[1:3]:
-        import cv2
-        mask = cv2.resize(mask.astype("uint8"), original.shape[1:3][::-1], interpolation=cv2.INTER_NEAREST) > 0
-    result = score_videos(original, edited, tracker=args.tracker, grid=args.grid, mask=mask, box=box,
-                          cotracker_checkpoint=args.cotracker_checkpoint)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        atomic_write_text(args.output, text + "\n")
+    result = score_files(args.original, args.edited, mask=args.mask, box=args.box, tracker=args.tracker,
+                         grid=args.grid, cotracker_checkpoint=args.cotracker_checkpoint, output=args.output)
+    print(json.dumps(result, indent=2))
     return 0
 
 
 def cmd_bench(args) -> int:
-    from .evaluation.suite import bench
+    from .evaluation.suite import bench_suite, markdown_table
 
-    bench(args)
+    summary = bench_suite(args.suite, args.output_dir, methods=args.methods, limit=args.limit, quiet=args.quiet,
+                          shard=args.shard, options=dict(args.option or []))
+    if args.shard:
+        print(f"shard {args.shard[0]}/{args.shard[1]}: {summary['cases']} cases done; run again without --shard "
+              f"to write the summary")
+    else:
+        print(markdown_table(summary["rows"], summary["text_fidelity"]))
+    return 0
+
+
+def cmd_bench_speed(args) -> int:
+    from .evaluation.speed import bench_speed, perf_table
+
+    print(perf_table(bench_speed(args.output_dir, seeds=args.seeds, model=args.model, quiet=args.quiet)))
     return 0
 
 
 def cmd_demo(args) -> int:
     from .shapes.demo import demo
 
-    out = demo(video=args.video, prompt=args.prompt, output_dir=args.output_dir, overwrite=bool(args.overwrite),
-               seed=args.seed, quiet=args.quiet)
-    print(f"wrote {out}")
+    done = demo(video=args.video, prompt=args.prompt, output_dir=args.output_dir, overwrite=bool(args.overwrite),
+                seed=args.seed, quiet=args.quiet)
+    print(f"wrote {done.output_dir}")
     return 0
 
 
 def cmd_env(args) -> int:
-    import os
+    from .pipeline import environment
 
-    import torch
-
-    from .models import pick_device, shipped_model_path
-    from .pipeline import versions
-
-    info = versions() | {"device": str(pick_device("auto")), "cuda": torch.cuda.is_available(),
-                         "torch_threads": torch.get_num_threads(),
-                         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-                         "shipped_model": str(shipped_model_path()),
-                         "shipped_model_present": shipped_model_path().exists()}
-    print(json.dumps(info, indent=2))
+    print(json.dumps(environment(), indent=2))
     return 0
 
+
+def cmd_report(args) -> int:
+    from .shapes.report import evaluate_model, format_report
+
+    report = evaluate_model(args.model, n_prompts=args.n, seed=args.seed, steps=args.steps, out=args.json,
+                            transfer_steps=args.transfer_steps, pairs=args.pairs, real_clips=args.real_clips,
+                            vae_clips=args.vae_clips, progress=not args.quiet)
+    print(format_report(report))
+    if args.json:
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def cmd_train_classifier(args) -> int:
+    from .shapes.classifier import train_classifier
+
+    record = train_classifier(args.out, seed=args.seed, steps=args.steps, progress=not args.quiet)
+    print(json.dumps({"out": str(args.out or "the shipped weights"), "parameters": record["parameters"],
+                      "seconds": record["training"]["seconds"], "held_out": record["held_out"]}, indent=2))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .shapes.training import train
+
+    train(args.work, export_to=args.export, export_only=args.export_only, init_from=args.init_from,
+          overrides=dict(args.set), device=args.device)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="motiontransfer", description=__doc__,
@@ -247,9 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("original", type=Path)
     p.add_argument("edited", type=Path)
     p.add_argument("--mask", type=Path, help="first-frame mask image of the original (white = object)")
-    p.add_argument("--box", help="first-frame box x0,y0,x1,y1 in the original's pixels")
-    p.add_argument("--tracker", choices=["lk", "flow", "cotracker"], default="lk",
-                   help="lk (Lucas-Kanade), flow (dense DIS flow: flat-coloured objects), cotracker")
+    p.add_argument("--box", type=_box, help="first-frame box x0,y0,x1,y1 in the original's pixels")
+    p.add_argument("--tracker", default="lk",
+                   help="lk (Lucas-Kanade, the default), flow (dense DIS flow: flat-coloured objects), cotracker")
     p.add_argument("--grid", type=int, default=55, help="query grid side (55, as the reference)")
     p.add_argument("--cotracker-checkpoint", type=Path)
     p.add_argument("--output", type=Path, help="also write the JSON here")
@@ -263,11 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", type=_shard, metavar="I/N",
                    help="only cases i mod n (for parallel runs into one --output-dir; no summary)")
     p.add_argument("--methods", nargs="+", help="methods to run (default: all)")
-    p.add_argument("--perf", action="store_true", help="speed benchmark: reference preset against ours")
-    p.add_argument("--seeds", type=int, default=3, help="--perf: source clips per preset (3)")
-    p.add_argument("--model", help="--perf: model folder (default: the shipped model)")
     p.add_argument("--output-dir", type=Path, required=True)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("bench-speed", parents=[common], help="speed benchmark: the reference preset against ours")
+    p.add_argument("--seeds", type=int, default=3, help="source clips per preset (3)")
+    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--output-dir", type=Path, required=True)
+    p.set_defaults(func=cmd_bench_speed)
 
     p = sub.add_parser("demo", parents=[common], help="a transfer with the shipped model on a synthetic video")
     p.add_argument("--video", help="use this video instead of a synthetic one")
@@ -279,6 +324,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("env", parents=[common], help="versions, device and threads")
     p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser("report", parents=[common], help="the shapes model's quality report: a table, and JSON")
+    p.add_argument("--model", default=None, help="model folder (default: the shipped shapes model)")
+    p.add_argument("--n", type=int, default=60, help="text-to-video prompts (60)")
+    p.add_argument("--pairs", type=int, default=20, help="motion transfer pairs (20)")
+    p.add_argument("--steps", type=int, default=25, help="sampling steps of the text-to-video part (25)")
+    p.add_argument("--transfer-steps", type=int, default=None,
+                   help="sampling steps of the transfer part and its baseline (default: the method's, 50)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--real-clips", type=int, default=200, help="world clips for the real max-jump statistic")
+    p.add_argument("--vae-clips", type=int, default=20, help="world clips for the VAE round trip")
+    p.add_argument("--json", type=Path, default=None, help="write the report here")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("train-classifier", parents=[common],
+                       help="train the shapes world's attribute classifier on world frames")
+    p.add_argument("--out", type=Path, default=None, help="folder (default: the shipped weights)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=2500)
+    p.set_defaults(func=cmd_train_classifier)
+
+    p = sub.add_parser("train", parents=[common], help="train the shipped shapes model (resumable)",
+                       description="Runs every training stage not yet done in --work, resuming the one it was in.")
+    p.add_argument("--work", type=Path, default=Path("checkpoints/shapes"), help="checkpoint folder")
+    p.add_argument("--export", type=Path, default=None, help="write the diffusers folder here when done")
+    p.add_argument("--export-only", action="store_true", help="export the last checkpoint and stop")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start an empty work folder from an exported model (e.g. the shipped one)")
+    p.add_argument("--set", type=_key_text, nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override a TrainConfig field")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (checkpoints move between them)")
+    p.set_defaults(func=cmd_train)
     return parser
 
 
@@ -313,6 +390,8 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def _quiet_libraries() -> None:
+    """Warnings, logs and progress bars of diffusers and transformers off (they load torch: called only once the
+    arguments are parsed, so `--help` and argument errors stay light)."""
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)

@@ -23,11 +23,14 @@ REFERENCE_NEGATIVE_PROMPT = "bad quality, distortions, unrealistic, distorted im
 # `resnets.1` before its skip-add (its `conv2` output), the temporal convolution after it, and the upsampler.
 DEFAULT_LAYERS = ("up_blocks.1.resnets.1.conv2", "up_blocks.1.temp_convs.1", "up_blocks.1.upsamplers.0")
 
-LOSSES = ("pairwise_cosine", "pairwise_l2", "smm", "features")
-INITS = ("lf", "random", "inverted", "sdedit")
-RESIZE_POLICIES = ("crop", "stretch", "pad")
-DTYPES = ("auto", "fp32", "fp16", "bf16")
-ACTIVATIONS = ("auto", "none", "checkpoint", "offload")
+# Allowed values, one list each: validation, the command line's choices and the modules that act on them read
+# these.
+LOSSES = ("pairwise_cosine", "pairwise_l2", "smm", "features")       # losses.motion_loss
+INITS = ("lf", "random", "inverted", "sdedit")                         # initialization
+RESIZE_POLICIES = ("crop", "stretch", "pad")                           # video.resize_frames
+DTYPES = ("auto", "fp32", "fp16", "bf16")                              # models.pick_dtype
+ACTIVATION_MODES = ("none", "checkpoint", "offload")                   # activations.activation_options
+ACTIVATIONS = ("auto",) + ACTIVATION_MODES                             # auto: checkpoint on CUDA, else none
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,13 @@
-"""Initial latents for guided sampling (paper Sec. 4, "Initialization", Eq. 4).
+"""Initial latents for guided sampling (paper Sec. 4, "Initialization", Eq. 4), and SDEdit's start (a baseline).
 
     x~_T = LF(x_T) + (eps_0 - LF(eps_0)),   eps_0 ~ N(0, I)
 
 LF is a per-frame spatial low-pass: bilinear down-sampling by `factor` (with antialiasing) and bilinear
 up-sampling back (align_corners, as the reference). x~_T keeps the coarse layout of the inverted noise x_T and
 takes its high frequencies from fresh noise. Latents are (B, C, F, h, w).
+
+SDEdit (Meng et al. 2022), the comparison's baseline, starts instead from the source's clean latent x_0 noised
+to the first sampling timestep at or below strength x T, and samples from there (`sdedit_latent`).
 """
 
 from __future__ import annotations
@@ -44,3 +47,16 @@ def initial_latent(kind: str, x_T: torch.Tensor | None, shape: tuple[int, ...], 
     if kind == "lf":
         return lf_init(x_T, noise, factor)
     raise ValueError(f"unknown init {kind!r}")
+
+
+def sdedit_latent(x0: torch.Tensor, scheduler_config: dict, timesteps: list[int], strength: float,
+                  generator: torch.Generator) -> tuple[torch.Tensor, int]:
+    """SDEdit's start: x0 (B, C, F, h, w) noised to the first of `timesteps` (noisiest first) at or below
+    `strength` x T, with noise drawn from `generator` on the CPU; returns it and that timestep's index."""
+    from diffusers import DDIMScheduler
+
+    limit = strength * scheduler_config.get("num_train_timesteps", 1000)
+    first = next((i for i, t in enumerate(timesteps) if t <= limit), len(timesteps) - 1)
+    noise = torch.randn(x0.shape, generator=generator)
+    scheduler = DDIMScheduler.from_config(scheduler_config)
+    return scheduler.add_noise(x0, noise, torch.tensor([timesteps[first]])), first

@@ -5,8 +5,9 @@ timestep and keeps x_t only at the timesteps that guided sampling will visit. Th
 steps equals the sampling steps, so each kept latent is exactly one inversion step apart from the next; the
 reference ran 999 steps and kept all of them.
 
-`InversionCache` stores the kept latents on disk (safetensors), keyed by a hash of the preprocessed frames,
-the model identity and the inversion settings, so a second prompt on the same video skips the inversion.
+`InversionCache` stores the kept latents on disk (safetensors, written atomically), keyed by a hash of the
+preprocessed frames, the model identity and the inversion settings, so a second prompt on the same video skips
+the inversion.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .errors import ConfigError
+from .video import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +95,6 @@ class InversionCache:
     def save(self, key: str, latents: dict[int, torch.Tensor]) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        save_file({str(t): v.detach().cpu().contiguous() for t, v in latents.items()}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({str(t): v.detach().cpu().contiguous() for t, v in latents.items()}, tmp)
         return path

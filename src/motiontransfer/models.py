@@ -33,13 +33,6 @@ SHIPPED_MODEL = "shapes/weights/model"          # under the package
 # Native sizes of known checkpoints whose UNet config cannot tell them (non-square): (width, height, frames).
 KNOWN_SIZES = {"zeroscope_v2_576w": (576, 320, 24), "zeroscope_v2_xl": (1024, 576, 24),
                "text-to-video-ms-1.7b": (256, 256, 16)}
-# The UNet of cerspense/zeroscope_v2_576w (its unet/config.json), for architecture tests and memory estimates.
-ZEROSCOPE_UNET_CONFIG = {
-    "sample_size": 32, "in_channels": 4, "out_channels": 4, "layers_per_block": 2, "block_out_channels": (320, 640, 1280, 1280),
-    "down_block_types": ("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"),
-    "up_block_types": ("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
-    "cross_attention_dim": 1024, "attention_head_dim": 64, "norm_num_groups": 32, "norm_eps": 1e-5,
-    "downsample_padding": 1, "mid_block_scale_factor": 1, "act_fn": "silu"}
 DEFAULT_FRAMES = 24          # ZeroScope's; used when neither the checkpoint nor the table says
 DEFAULT_FPS = 8.0            # output fps when the input has none (image folders)
 
@@ -174,6 +167,18 @@ def read_defaults(path: Path, unet_config, vae_config) -> ModelDefaults:
     size = size[0] if isinstance(size, (list, tuple)) else size
     side = int(size or 32) * scale
     return ModelDefaults(width=side, height=side, frames=DEFAULT_FRAMES)
+
+
+def model_defaults(model: str | None = None) -> ModelDefaults:
+    """What a checkpoint recommends (`read_defaults`), read from its folder without loading the weights."""
+    from types import SimpleNamespace
+
+    path = resolve_model_path(model)
+    try:
+        unet, vae = (SimpleNamespace(**json.loads((path / c / "config.json").read_text())) for c in ("unet", "vae"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read the configs of the model in {path} ({type(e).__name__})") from None
+    return read_defaults(path, unet, vae)
 
 
 # ------------------------------------------------------------------------------------------------- adapter

@@ -1,8 +1,10 @@
-"""Orchestration: video in, edited video out. One public function per subcommand.
+"""Orchestration: video in, edited video out. One public function per subcommand, one result type each.
 
-    transfer(video, prompt)   invert -> initial latent (Eq. 4) -> guided sampling (Eq. 5) -> decode -> outputs
-    invert(video)             fills the inversion cache only
-    analyze(video)            feature inversion (Eq. 1): source prompt, random init, several seeds
+    transfer(video, prompt)          invert -> initial latent (Eq. 4) -> guided sampling (Eq. 5) -> decode -> outputs
+    transfer_many(video, prompts)    the same for several prompts, sharing the inversion and the source features
+    invert(video)                    fills the inversion cache only
+    analyze(video)                   feature inversion (Eq. 1): source prompt, random init, several seeds
+    text_to_video(prompt)            plain generation, the baseline
 
 Phases are timed and UNet passes counted; both go to `run.json` with the resolved config, the seed, the
 library versions, the model identity and the guidance losses.
@@ -25,13 +27,13 @@ import numpy as np
 import torch
 
 from . import __version__
+from .activations import activation_options
 from .config import REFERENCE_NEGATIVE_PROMPT, TransferConfig, explicit_keys, resolve
 from .errors import ConfigError, OutputError, VideoError
 from .features import FeatureHooks
-from .initialization import initial_latent
+from .initialization import initial_latent, sdedit_latent
 from .inversion import InversionCache, ddim_invert, sampling_timesteps
 from .losses import motion_loss, reduce_source
-from .tools.memory import activation_options
 from .models import TextToVideo, load_model
 from .sampling import SampleHistory, guidance_timesteps, guided_sample
 from .video import (Video, atomic_write_text, check_writable_dir, crop_region, describe_fit, frames_digest,
@@ -67,21 +69,55 @@ def versions() -> dict[str, str]:
             "diffusers": diffusers.__version__, "transformers": transformers.__version__, "numpy": np.__version__}
 
 
-_MODELS: dict[tuple, TextToVideo] = {}
+def environment() -> dict:
+    """Versions, the device `auto` picks, threads and the shipped model (`motiontransfer env`)."""
+    import os
+
+    from .models import pick_device, shipped_model_path
+
+    return versions() | {"device": str(pick_device("auto")), "cuda": torch.cuda.is_available(),
+                         "torch_threads": torch.get_num_threads(),
+                         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+                         "shipped_model": str(shipped_model_path()),
+                         "shipped_model_present": shipped_model_path().exists()}
+
+
+class ModelCache:
+    """The loaded model, kept between calls in this process, one at a time.
+
+    Loading depends on (model, device, dtype, allow_unsafe_weights): a call with another key drops the model held
+    and loads the new one. The runtime options that need no reload (`vae_slicing`, `cpu_offload`) are set on the
+    model held at every `get`, so each call runs with its own config's; they are the only state a call changes
+    on it. `clear()` frees it.
+    """
+
+    def __init__(self):
+        self._key: tuple | None = None
+        self._model: TextToVideo | None = None
+
+    def get(self, config: TransferConfig) -> TextToVideo:
+        key = (config.model, config.device, config.dtype, config.allow_unsafe_weights)
+        if key != self._key:
+            self.clear()
+            self._model = load_model(config.model, device=config.device, dtype=config.dtype,
+                                     allow_unsafe_weights=config.allow_unsafe_weights)
+            self._key = key
+        model = self._model
+        model.vae_slicing = config.vae_slicing
+        if model.cpu_offload != config.cpu_offload:
+            model.set_cpu_offload(config.cpu_offload)
+        return model
+
+    def clear(self) -> None:
+        self._key = self._model = None
+
+
+MODELS = ModelCache()        # the process's; every public function of this module loads through it
 
 
 def get_model(config: TransferConfig) -> TextToVideo:
-    """Loads a model once per process and (model, device, dtype); later calls reuse it."""
-    key = (config.model, config.device, config.dtype, config.allow_unsafe_weights)
-    if key not in _MODELS:
-        _MODELS.clear()                     # one model at a time in memory
-        _MODELS[key] = load_model(config.model, device=config.device, dtype=config.dtype,
-                                  allow_unsafe_weights=config.allow_unsafe_weights)
-    model = _MODELS[key]
-    model.vae_slicing = config.vae_slicing
-    if model.cpu_offload != config.cpu_offload:
-        model.set_cpu_offload(config.cpu_offload)
-    return model
+    """The model `config` names, from the process's cache (`MODELS`), with `config`'s runtime options set."""
+    return MODELS.get(config)
 
 
 def fill_from_model(config: TransferConfig, model: TextToVideo, explicit: set[str] = frozenset()) -> TransferConfig:
@@ -209,17 +245,68 @@ def needs_inversion(config: TransferConfig) -> bool:
     return config.init in ("lf", "inverted") or guided
 
 
-def sdedit_start(model: TextToVideo, frames: np.ndarray, config: TransferConfig, timesteps: list[int],
-                 generator: torch.Generator) -> tuple[torch.Tensor, int]:
-    """SDEdit (Meng et al. 2022): the source latent noised to the first timestep <= strength x T."""
-    from diffusers import DDIMScheduler
+class SourceFeatures:
+    """The source side of the guidance loss: per guided timestep t, the reduced features of the inverted latent
+    x_t under the source prompt (one truncated pass each, counted in `counts`), computed once and shared by every
+    target prompt."""
 
-    limit = config.sdedit_strength * model.scheduler_config.get("num_train_timesteps", 1000)
-    first = next((i for i, t in enumerate(timesteps) if t <= limit), len(timesteps) - 1)
-    x0 = model.encode_frames(frames).float().cpu()
-    noise = torch.randn(x0.shape, generator=generator)
-    scheduler = DDIMScheduler.from_config(model.scheduler_config)
-    return scheduler.add_noise(x0, noise, torch.tensor([timesteps[first]])), first
+    def __init__(self, model: TextToVideo, hooks: FeatureHooks, config: TransferConfig, inverted: Inverted | None,
+                 cond: torch.Tensor, counts: dict):
+        self.model, self.hooks, self.config, self.inverted, self.cond, self.counts = \
+            model, hooks, config, inverted, cond, counts
+        self._by_t: dict[int, dict[str, torch.Tensor]] = {}
+
+    def __call__(self, t: int) -> dict[str, torch.Tensor]:
+        if t not in self._by_t:
+            with torch.no_grad():
+                self.counts["unet_truncated_forward"] += 1
+                feats = self.model.features(self.hooks, self.inverted.latents[t], t, self.cond)
+                self._by_t[t] = reduce_source(self.config.loss, feats)
+        return self._by_t[t]
+
+
+class TargetCalls:
+    """The model as guided sampling calls it for one target prompt: `predict` (a CFG pass), `guidance(t)` (the
+    motion loss of a latent at t, Eq. 3, on a truncated pass) and `measure` (a CFG pass that also gives the loss
+    after the step, from the same pass). Every pass is counted in `counts`; a CFG pass counts its batch."""
+
+    def __init__(self, model: TextToVideo, hooks: FeatureHooks, config: TransferConfig, source: SourceFeatures,
+                 cond: torch.Tensor, uncond: torch.Tensor, counts: dict):
+        self.model, self.hooks, self.config, self.source = model, hooks, config, source
+        self.cond, self.uncond, self.counts = cond, uncond, counts
+        self.weights = dict(zip(config.layers, config.layer_weights)) if config.layer_weights else None
+        self.cfg_batch = 2 if config.guidance_scale != 1.0 else 1
+
+    def predict(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        self.counts["unet_forward"] += self.cfg_batch
+        return self.model.predict(x, t, self.cond, self.uncond, self.config.guidance_scale)
+
+    def guidance(self, t: int):
+        src = self.source(t)
+
+        def loss(x: torch.Tensor) -> torch.Tensor:
+            self.counts["unet_truncated_forward"] += 1
+            feats = self.model.features(self.hooks, x, t, self.cond)
+            return motion_loss(self.config.loss, src, feats, self.weights)
+        return loss
+
+    def measure(self, x: torch.Tensor, t: int) -> tuple[torch.Tensor, float]:
+        self.counts["unet_forward"] += self.cfg_batch
+        out, feats = self.model.predict_observed(self.hooks, x, t, self.cond, self.uncond, self.config.guidance_scale)
+        return out, float(motion_loss(self.config.loss, self.source(t), feats, self.weights))
+
+
+def start_latent(model: TextToVideo, source: Video, config: TransferConfig, inverted: Inverted | None,
+                 timesteps: list[int], generator: torch.Generator) -> tuple[torch.Tensor, int]:
+    """The initial latent (initialization.py) and the index of the sampling step it starts at (0 except for
+    SDEdit)."""
+    if config.init == "sdedit":
+        x0 = model.encode_frames(source.frames).float().cpu()
+        return sdedit_latent(x0, model.scheduler_config, timesteps, config.sdedit_strength, generator)
+    shape = (1, model.unet.config.in_channels, config.frames, config.height // model.vae_scale,
+             config.width // model.vae_scale)
+    x_T = None if inverted is None else inverted.latents[timesteps[0]].cpu()
+    return initial_latent(config.init, x_T, shape, generator, config.lf_factor), 0
 
 
 def generate(model: TextToVideo, source: Video | None, prompts: list[str], config: TransferConfig, *,
@@ -234,69 +321,31 @@ def generate(model: TextToVideo, source: Video | None, prompts: list[str], confi
             raise ConfigError("plain text-to-video needs init='random' and no guidance")
         blank = np.zeros((config.frames, config.height, config.width, 3), np.uint8)
         source = Video(frames=blank, fps=model.defaults.fps, source="<none>")
-    shared_timer = timer or Timer()
-    shared = new_counts()
+    shared_timer, shared_counts = timer or Timer(), new_counts()
     timesteps = sampling_timesteps(model.scheduler_config, config.steps)
     guided = guidance_timesteps(timesteps, config.guidance_window) if config.iterations > 0 else []
-    weights = dict(zip(config.layers, config.layer_weights)) if config.layer_weights else None
-    source_features: dict[int, dict[str, torch.Tensor]] = {}     # per t, shared by every prompt
     results = []
     # hooks first: a wrong layer name fails before the inversion is paid for
     with FeatureHooks(model.unet, config.layers, stop_early=True) as hooks:
         inverted = None
         if needs_inversion(config):
             inverted = invert_latents(model, source.frames, config, sorted(set(guided) | {timesteps[0]}),
-                                      progress=progress, timer=shared_timer, counts=shared)
+                                      progress=progress, timer=shared_timer, counts=shared_counts)
         with shared_timer("text"):
             source_cond = model.encode_prompts([config.source_prompt])
             uncond = model.encode_prompts([config.negative_prompt])
-
-        def source_side(t: int) -> dict[str, torch.Tensor]:
-            if t not in source_features:
-                with torch.no_grad():
-                    shared["unet_truncated_forward"] += 1
-                    source_features[t] = reduce_source(
-                        config.loss, model.features(hooks, inverted.latents[t], t, source_cond))
-            return source_features[t]
-
-        cfg_batch = 2 if config.guidance_scale != 1.0 else 1     # a CFG pass counts its batch
+        source_features = SourceFeatures(model, hooks, config, inverted, source_cond, shared_counts)
         for prompt in prompts:
-            timer = shared_timer if not results else Timer()
-            counts = shared if not results else new_counts()
-            cond = model.encode_prompts([prompt])
+            timer, counts = (shared_timer, shared_counts) if not results else (Timer(), new_counts())
+            calls = TargetCalls(model, hooks, config, source_features, model.encode_prompts([prompt]), uncond, counts)
             generator = torch.Generator().manual_seed(config.seed)
-
-            def guidance(t: int, cond=cond, counts=counts):
-                src = source_side(t)
-
-                def loss(x):
-                    counts["unet_truncated_forward"] += 1
-                    return motion_loss(config.loss, src, model.features(hooks, x, t, cond), weights)
-                return loss
-
-            def predict(x, t, cond=cond, counts=counts):
-                counts["unet_forward"] += cfg_batch
-                return model.predict(x, t, cond, uncond, config.guidance_scale)
-
-            def measure(x, t, cond=cond, counts=counts):     # the step's own pass also gives the loss after
-                counts["unet_forward"] += cfg_batch
-                out, feats = model.predict_observed(hooks, x, t, cond, uncond, config.guidance_scale)
-                return out, float(motion_loss(config.loss, source_side(t), feats, weights))
-
-            shape = (1, model.unet.config.in_channels, config.frames, config.height // model.vae_scale,
-                     config.width // model.vae_scale)
-            first = 0
-            if config.init == "sdedit":
-                x_T, first = sdedit_start(model, source.frames, config, timesteps, generator)
-            else:
-                x_T = initial_latent(config.init, None if inverted is None else inverted.latents[timesteps[0]].cpu(),
-                                     shape, generator, config.lf_factor)
+            x_T, first = start_latent(model, source, config, inverted, timesteps, generator)
             with timer("sampling"), activation_options(model.unet, activation_mode(config, model)):
-                x0, history = guided_sample(predict, x_T.to(model.device), model.scheduler_config, config.steps,
-                                            guidance=guidance, guided=guided, iterations=config.iterations,
-                                            learning_rate=config.learning_rate, restart=config.restart,
-                                            generator=generator, progress=progress, first_step=first,
-                                            measure=measure)
+                x0, history = guided_sample(calls.predict, x_T.to(model.device), model.scheduler_config,
+                                            config.steps, guidance=calls.guidance, guided=guided,
+                                            iterations=config.iterations, learning_rate=config.learning_rate,
+                                            restart=config.restart, generator=generator, progress=progress,
+                                            first_step=first, measure=calls.measure)
             counts["unet_backward"] += history.backward_passes
             with timer("decode"):
                 frames = model.decode_latents(x0)
@@ -345,17 +394,34 @@ def write_outputs(directory: Path, result: TransferResult, record: dict, *, over
     atomic_write_text(directory / "run.json", json.dumps(record, indent=2))
 
 
-def transfer(video: str | Path | np.ndarray, prompt: str | list[str], *, output_dir: str | Path | None = None,
+def transfer(video: str | Path | np.ndarray, prompt: str, *, output_dir: str | Path | None = None,
              overwrite: bool = False, quiet: bool = False, preset: str | None = None,
              config: str | Path | TransferConfig | None = None, fps: float | None = None,
-             **options) -> TransferResult | list[TransferResult]:
+             **options) -> TransferResult:
     """Motion transfer: `video` (a path, or frames (F, H, W, 3) uint8) re-rendered as `prompt` describes.
 
-    Several prompts share one inversion and the source features; a list in gives a list out. `options` are
-    any `TransferConfig` fields (e.g. `steps=25, seed=0`). With `output_dir=None` results are written under
-    `outputs/<video>-<prompt>`; pass `output_dir=False` to write nothing.
+    `options` are any `TransferConfig` fields (e.g. `steps=25, seed=0`). With `output_dir=None` the result is
+    written under `outputs/<video>-<prompt>`; pass `output_dir=False` to write nothing. Several prompts on one
+    video: `transfer_many`.
     """
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not isinstance(prompt, str):
+        raise TypeError(f"transfer takes one prompt (a str), got {type(prompt).__name__}; use transfer_many for "
+                        f"several")
+    return transfer_many(video, [prompt], output_dir=output_dir, overwrite=overwrite, quiet=quiet, preset=preset,
+                         config=config, fps=fps, **options)[0]
+
+
+def transfer_many(video: str | Path | np.ndarray, prompts: list[str], *, output_dir: str | Path | None = None,
+                  overwrite: bool = False, quiet: bool = False, preset: str | None = None,
+                  config: str | Path | TransferConfig | None = None, fps: float | None = None,
+                  **options) -> list[TransferResult]:
+    """`transfer` for several prompts on one video, in order: they share one inversion and the source features.
+
+    With `output_dir` given and more than one prompt, each result goes to `output_dir/<prompt>`.
+    """
+    if isinstance(prompts, str):
+        raise TypeError("transfer_many takes a list of prompts; use transfer for one")
+    prompts = list(prompts)
     if not prompts or any(not p or not p.strip() for p in prompts):
         raise ConfigError("the prompt is empty; say what the new video should show, e.g. --prompt \"a red star\"")
     cfg, run, explicit = _config(preset, config, options)
@@ -387,7 +453,7 @@ def transfer(video: str | Path | np.ndarray, prompt: str | list[str], *, output_
         if directories:
             result.output_dir = directories[i]
             write_outputs(directories[i], result, result.record, overwrite=overwrite)
-    return results[0] if isinstance(prompt, str) else results
+    return results
 
 
 def text_to_video(prompt: str, *, quiet: bool = True, config: TransferConfig | None = None,
@@ -403,8 +469,20 @@ def text_to_video(prompt: str, *, quiet: bool = True, config: TransferConfig | N
     return result
 
 
+@dataclass
+class InversionResult:
+    """Where `invert` left the inverted latents, and what it cost."""
+
+    cache: Path                               # the cache file (safetensors)
+    cached: bool                              # it was there already: nothing was computed
+    timesteps: list[int]                      # the timesteps kept, ascending
+    timings: dict[str, float]                 # seconds per phase
+    unet_forward: int                         # UNet passes made (0 on a cache hit)
+
+
 def invert(video: str | Path | np.ndarray, *, quiet: bool = False, preset: str | None = None,
-           config: str | Path | TransferConfig | None = None, fps: float | None = None, **options) -> dict:
+           config: str | Path | TransferConfig | None = None, fps: float | None = None,
+           **options) -> InversionResult:
     """Fills the inversion cache for `video`; returns where it is and whether it was there already."""
     cfg, _, explicit = _config(preset, config, options)
     model = get_model(cfg)
@@ -416,8 +494,8 @@ def invert(video: str | Path | np.ndarray, *, quiet: bool = False, preset: str |
     counts = new_counts()
     inverted = invert_latents(model, source.frames, cfg.replace(use_cache=True), keep, progress=not quiet,
                               timer=timer, counts=counts)
-    return {"cache": str(InversionCache(cfg.cache_dir).path(inverted.key)), "cached": inverted.cached,
-            "timesteps": keep, "timings_s": timer.seconds, "unet_forward": counts["unet_forward"]}
+    return InversionResult(cache=InversionCache(cfg.cache_dir).path(inverted.key), cached=inverted.cached,
+                           timesteps=keep, timings=timer.seconds, unet_forward=counts["unet_forward"])
 
 
 def analyze(video: str | Path | np.ndarray, *, target: str = "smm", seeds: int | list[int] = 3,
@@ -463,4 +541,5 @@ def _config(preset, config, options) -> tuple[TransferConfig, dict, set[str]]:
     return cfg, run, explicit_keys(preset, config, options)
 
 
-__all__ = ["transfer", "invert", "analyze", "text_to_video", "generate", "TransferResult", "get_model"]
+__all__ = ["transfer", "transfer_many", "invert", "analyze", "text_to_video", "environment", "generate",
+           "TransferResult", "InversionResult", "ModelCache", "MODELS", "get_model"]

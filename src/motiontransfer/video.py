@@ -8,8 +8,9 @@ Inputs (`read_video`):
     a folder of images          .png .jpg .jpeg .bmp .webp, in natural order ("frame2" before "frame10")
 
 Outputs (`write_video`, `write_frames`, `atomic_write_bytes`, `atomic_write_text`) are written under a temporary
-name in the target's own folder and moved into place with `os.replace`, so a reader never sees half a file and a
-failed write leaves nothing behind.
+name in the target's own folder and moved into place with `os.replace` (`atomic_path`, which the rest of the
+package uses for its caches, checkpoints and plots too), so a reader never sees half a file and a failed write
+leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -21,15 +22,18 @@ import os
 import re
 import secrets
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterator
 
 import av
 import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from .config import RESIZE_POLICIES
 from .errors import OutputError, VideoError
 
 logger = logging.getLogger(__name__)
@@ -38,7 +42,6 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".webm", ".mkv")
 GIF_SUFFIX = ".gif"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 WRITE_SUFFIXES = (".mp4", ".gif")
-RESIZE_POLICIES = ("crop", "stretch", "pad")
 
 FOLDER_FPS = 8.0        # frames per second of an image folder, which carries no timing of its own
 GIF_FPS = 10.0          # a gif frame of 0-10 ms is shown for 100 ms by browsers; we read it the same way
@@ -202,13 +205,16 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
 
 # -------------------------------------------------------------------------------------------------- resizing
 
-def _check_frames(frames: np.ndarray) -> None:
+def check_frames(frames: np.ndarray, name: str = "frames") -> np.ndarray:
+    """The one check of the frame layout at the package's boundaries: (F, H, W, 3) uint8 RGB, none of them
+    empty. Returns `frames`; raises ValueError naming `name` otherwise."""
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         described = (f"{frames.dtype} array of shape {frames.shape}" if isinstance(frames, np.ndarray)
                      else type(frames).__name__)
-        raise ValueError(f"frames must be a uint8 array of shape (F, H, W, 3), got a {described}")
-    if frames.shape[0] == 0 or frames.shape[1] == 0 or frames.shape[2] == 0:
-        raise ValueError(f"frames must not be empty, got shape {frames.shape}")
+        raise ValueError(f"{name} must be a uint8 array of shape (F, H, W, 3) RGB, got a {described}")
+    if min(frames.shape[:3]) < 1:
+        raise ValueError(f"{name} must not be empty, got shape {frames.shape}")
+    return frames
 
 
 def _resize(frames: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -223,7 +229,7 @@ def _resize(frames: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def crop_region(frames: np.ndarray, region: tuple[int, int, int, int]) -> np.ndarray:
     """The box (x, y, width, height) of (F, H, W, 3) frames, in source pixels; it must lie inside the frame."""
-    _check_frames(frames)
+    check_frames(frames)
     x, y, w, h = region
     height, width = frames.shape[1:3]
     if w < 1 or h < 1 or x < 0 or y < 0 or x + w > width or y + h > height:
@@ -279,7 +285,7 @@ def resize_frames(frames: np.ndarray, width: int, height: int, policy: str = "cr
         raise ValueError(f"unknown resize policy {policy!r}; valid policies are {', '.join(RESIZE_POLICIES)}")
     if width < 1 or height < 1:
         raise ValueError(f"target size must be positive, got {width}x{height}")
-    _check_frames(frames)
+    check_frames(frames)
     _, h, w, _ = frames.shape
     if policy == "stretch":
         return _resize(frames, width, height)
@@ -308,8 +314,8 @@ def side_by_side(a: np.ndarray, b: np.ndarray, *, gap: int = 4) -> np.ndarray:
     """
     if gap < 0:
         raise ValueError(f"gap must be 0 or more, got {gap}")
-    _check_frames(a)
-    _check_frames(b)
+    check_frames(a)
+    check_frames(b)
     count, height = min(len(a), len(b)), a.shape[1]
     a, b = a[:count], b[:count]
     if b.shape[1] != height:
@@ -342,22 +348,45 @@ def _cannot_write(path: Path, error: BaseException) -> OutputError:
     return OutputError(f"Cannot write {path}: {reason}. Choose another --output-dir.")
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that `path` holds either its old content or all of `data`, never a part."""
+@contextmanager
+def atomic_path(path: str | os.PathLike, *, keep_suffix: bool = True) -> Iterator[Path]:
+    """The package's one way to write a file or a folder atomically.
+
+    Yields a fresh hidden name beside `path` (with `path`'s suffix when `keep_suffix`, for writers that go by
+    it); write the file or the folder there. When the block ends normally it takes `path`'s place (a folder
+    already there is swapped out, then removed), so a reader sees the old content or the new, never a part; when
+    the block raises, whatever was written is removed and `path` is left as it was.
+    """
     path = Path(path)
-    temporary = _temporary_sibling(path, keep_suffix=False)
+    temporary = _temporary_sibling(path, keep_suffix)
     try:
-        with open(temporary, "xb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except OSError as error:
-        _remove(temporary)
-        raise _cannot_write(path, error) from error
+        yield temporary
+        if temporary.is_dir() and path.is_dir():
+            old = _temporary_sibling(path, keep_suffix=False)
+            os.replace(path, old)
+            try:
+                os.replace(temporary, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
+            _remove(old)
+        else:
+            os.replace(temporary, path)
     except BaseException:
         _remove(temporary)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so that `path` holds either its old content or all of `data`, never a part."""
+    path = Path(path)
+    try:
+        with atomic_path(path, keep_suffix=False) as temporary, open(temporary, "xb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+    except OSError as error:
+        raise _cannot_write(path, error) from error
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
@@ -402,7 +431,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, min_
                           f"choose one of those extensions.")
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    _check_frames(frames)
+    check_frames(frames)
     shorter = min(frames.shape[1:3])
     if min_size > shorter:
         factor = math.ceil(min_size / shorter)
@@ -414,15 +443,11 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, min_
         encode = _encode_mp4
     else:
         encode = _encode_gif
-    temporary = _temporary_sibling(path)
     try:
-        encode(temporary, frames, fps)
-        os.replace(temporary, path)
-    except BaseException as error:
-        _remove(temporary)
-        if isinstance(error, (OSError, av.FFmpegError)):
-            raise _cannot_write(path, error) from error
-        raise
+        with atomic_path(path) as temporary:
+            encode(temporary, frames, fps)
+    except (OSError, av.FFmpegError) as error:
+        raise _cannot_write(path, error) from error
     logger.debug("wrote %d frames to %s", len(frames), path)
 
 
@@ -434,32 +459,18 @@ def write_frames(directory: str | os.PathLike, frames: np.ndarray, *, prefix: st
     Returns the directory.
     """
     directory = Path(directory)
-    _check_frames(frames)
+    check_frames(frames)
     if directory.exists() and not overwrite:
         raise OutputError(f"{directory} already exists; choose another --output-dir or pass --overwrite.")
     if directory.exists() and not directory.is_dir():
         raise OutputError(f"{directory} is a file, not a folder; choose another --output-dir.")
-    temporary = _temporary_sibling(directory, keep_suffix=False)
     try:
-        temporary.mkdir()
-        for index, frame in enumerate(frames):
-            Image.fromarray(frame).save(temporary / f"{prefix}{index:0{digits}d}.png")
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
-            os.replace(directory, old)
-            try:
-                os.replace(temporary, directory)
-            except BaseException:
-                os.replace(old, directory)
-                raise
-            _remove(old)
-        else:
-            os.replace(temporary, directory)
-    except BaseException as error:
-        _remove(temporary)
-        if isinstance(error, OSError):
-            raise _cannot_write(directory, error) from error
-        raise
+        with atomic_path(directory, keep_suffix=False) as temporary:
+            temporary.mkdir()
+            for index, frame in enumerate(frames):
+                Image.fromarray(frame).save(temporary / f"{prefix}{index:0{digits}d}.png")
+    except OSError as error:
+        raise _cannot_write(directory, error) from error
     return directory
 
 

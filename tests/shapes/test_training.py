@@ -5,8 +5,9 @@ import math
 
 import numpy as np
 
-from motiontransfer.shapes import training as train
+from motiontransfer import cli
 from motiontransfer.models import load_model
+from motiontransfer.shapes import training as train
 from motiontransfer.shapes.world import vocabulary
 
 TOY = ["clips=12", "frames=4", "vae_steps=3", "vae_batch=4", "vae_channels=[16,16,16]", "unet_channels=[16,16,32]",
@@ -15,13 +16,13 @@ TOY = ["clips=12", "frames=4", "vae_steps=3", "vae_batch=4", "vae_channels=[16,1
 
 def test_training_runs_resumes_and_exports_a_loadable_checkpoint(tmp_path):
     work, out = tmp_path / "work", tmp_path / "model"
-    train.main(["--work", str(work), "--export", str(out), "--set", *TOY])
+    assert cli.main(["train", "--work", str(work), "--export", str(out), "--set", *TOY]) == 0
     state = train.torch.load(work / "unet.pt", weights_only=False)
     assert state["step"] == 4
     log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
     assert any(r["stage"] == "vae" for r in log)
     before = (work / "unet.pt").stat().st_mtime_ns
-    train.main(["--work", str(work)])                       # everything done: nothing is trained again
+    assert cli.main(["train", "--work", str(work)]) == 0             # everything done: nothing is trained again
     assert (work / "unet.pt").stat().st_mtime_ns == before
 
     model = load_model(str(out))
@@ -36,10 +37,11 @@ def test_training_runs_resumes_and_exports_a_loadable_checkpoint(tmp_path):
 
 def test_training_continues_from_an_exported_model(tmp_path):
     first, out = tmp_path / "first", tmp_path / "model"
-    train.main(["--work", str(first), "--export", str(out), "--set", *TOY])
+    assert cli.main(["train", "--work", str(first), "--export", str(out), "--set", *TOY]) == 0
     again = tmp_path / "again"
     more = [kv for kv in TOY if not kv.startswith("video_steps")] + ["video_steps=4"]
-    train.main(["--work", str(again), "--init-from", str(out), "--export", str(tmp_path / "next"), "--set", *more])
+    assert cli.main(["train", "--work", str(again), "--init-from", str(out), "--export", str(tmp_path / "next"),
+                     "--set", *more]) == 0
     state = train.torch.load(again / "unet.pt", weights_only=False)
     assert state["step"] == 6                                # 4 done before, 2 more now
     assert json.loads((tmp_path / "next" / "motiontransfer.json").read_text())["trained_steps"] == 6
@@ -62,7 +64,7 @@ def test_a_continuation_gets_its_own_warm_up_and_cosine():
 
 def test_per_channel_latent_normalisation_is_exported_with_the_model(tmp_path):
     work, out = tmp_path / "work", tmp_path / "model"
-    train.main(["--work", str(work), "--export", str(out), "--set", *TOY, "latent_norm=channel"])
+    assert cli.main(["train", "--work", str(work), "--export", str(out), "--set", *TOY, "latent_norm=channel"]) == 0
     cfg = train.TrainConfig(**{k: tuple(v) if isinstance(v, list) else v
                                for k, v in json.loads((work / "config.json").read_text()).items()})
     latents, _, vae_config = train.load_latents(cfg, work)
@@ -79,10 +81,11 @@ def test_per_channel_latent_normalisation_is_exported_with_the_model(tmp_path):
 
 def test_a_continuation_at_another_frame_size_fine_tunes_the_vae_there(tmp_path):
     first, out = tmp_path / "first", tmp_path / "model"
-    train.main(["--work", str(first), "--export", str(out), "--set", *TOY])          # 32x32
+    assert cli.main(["train", "--work", str(first), "--export", str(out), "--set", *TOY]) == 0      # 32x32
     larger = tmp_path / "larger"
     more = [kv for kv in TOY if not kv.startswith("video_steps")] + ["video_steps=4", "size=48", "texture_prob=0.5"]
-    train.main(["--work", str(larger), "--init-from", str(out), "--export", str(tmp_path / "next"), "--set", *more])
+    assert cli.main(["train", "--work", str(larger), "--init-from", str(out), "--export", str(tmp_path / "next"),
+                     "--set", *more]) == 0
     log = [json.loads(line) for line in (larger / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if r["stage"] == "vae"] == [3]             # all 3 VAE steps again, at 48x48
     assert train.torch.load(larger / "unet.pt", weights_only=False)["step"] == 6
@@ -92,3 +95,10 @@ def test_a_continuation_at_another_frame_size_fine_tunes_the_vae_there(tmp_path)
     frames, _ = train.load_frames(larger)
     assert frames.shape[2:4] == (48, 48)
     assert model.decode_latents(model.encode_frames(frames[0])).shape == (4, 48, 48, 3)
+
+
+def test_a_bad_setting_is_one_line_before_any_stage_runs(tmp_path, capsys):
+    assert cli.main(["train", "--work", str(tmp_path / "w"), "--set", "no_such_field=1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: unknown TrainConfig field 'no_such_field'"
+    assert cli.main(["train", "--work", str(tmp_path / "w"), "--set", "latent_norm=other"]) == 2
+    assert not (tmp_path / "w" / "data.npz").exists()

@@ -57,6 +57,7 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError, ModelError, MotionTransferError
+from ..video import check_frames
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ __all__ = [
     "clip_text_similarity",
     "motion_fidelity",
     "query_grid",
+    "score_files",
     "score_videos",
     "track_points",
 ]
@@ -110,15 +112,6 @@ class Tracks:
 
 
 # --------------------------------------------------------------------------------------------- inputs
-
-
-def _check_frames(frames: np.ndarray, name: str = "frames") -> np.ndarray:
-    if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        desc = f"{frames.dtype} {frames.shape}" if isinstance(frames, np.ndarray) else type(frames).__name__
-        raise ValueError(f"{name} must be an np.ndarray (F, H, W, 3) uint8 RGB, got {desc}")
-    if frames.shape[0] < 1 or frames.shape[1] < 1 or frames.shape[2] < 1:
-        raise ValueError(f"{name} is empty: shape {frames.shape}")
-    return frames
 
 
 def _check_grid(grid: int) -> int:
@@ -203,7 +196,7 @@ def track_points(
     (dense DIS optical flow, chained, same check; for flat-coloured objects such as the shapes world) or
     "cotracker" (needs the `cotracker` package and `cotracker_checkpoint`).
     """
-    frames = _check_frames(frames)
+    frames = check_frames(frames)
     if tracker not in TRACKERS:
         raise ConfigError(f"unknown tracker {tracker!r}; choose one of {', '.join(TRACKERS)}")
     _, height, width, _ = frames.shape
@@ -470,7 +463,7 @@ def score_videos(
     pulls the edited-to-original half towards 0 (a square and a disc on the same path over a textured 64 px
     background: 0.53 that way, 0.95 with the box).
     """
-    original, edited = _check_frames(original, "original"), _check_frames(edited, "edited")
+    original, edited = check_frames(original, "original"), check_frames(edited, "edited")
     _, height, width, _ = original.shape
     edited = _match_size(edited, height, width)
     num_frames = min(len(original), len(edited))
@@ -490,6 +483,33 @@ def score_videos(
         region="full" if mask is None and box is None else "mask" if mask is not None else "box",
         seconds=round(time.perf_counter() - start, 3),
     )
+    return result
+
+
+def score_files(original: str | Path, edited: str | Path, *, mask: str | Path | None = None,
+                box: tuple[float, float, float, float] | None = None, tracker: str = "lk", grid: int = DEFAULT_GRID,
+                cotracker_checkpoint: str | Path | None = None, output: str | Path | None = None) -> dict:
+    """`score_videos` of two video files or image folders (`motiontransfer score`). `mask` is an image of the
+    original's first frame (white = the object), resized to the video's size when it differs; `output`, when
+    given, also receives the result as JSON."""
+    import json
+
+    from ..video import atomic_write_text, read_video
+
+    mask_array = None
+    if mask is not None:
+        image = cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            raise MotionTransferError(f"cannot read the mask image {mask}")
+        mask_array = image > 127
+    frames = read_video(original).frames
+    if mask_array is not None and mask_array.shape != frames.shape[1:3]:
+        mask_array = cv2.resize(mask_array.astype("uint8"), frames.shape[1:3][::-1],
+                                interpolation=cv2.INTER_NEAREST) > 0
+    result = score_videos(frames, read_video(edited).frames, tracker=tracker, grid=grid, mask=mask_array, box=box,
+                          cotracker_checkpoint=cotracker_checkpoint)
+    if output is not None:
+        atomic_write_text(output, json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -524,7 +544,7 @@ def clip_text_similarity(
     """
     import torch
 
-    frames = _check_frames(frames)
+    frames = check_frames(frames)
     if not isinstance(prompt, str):
         raise ConfigError(f"prompt must be a string, got {type(prompt).__name__}")
     clip, processor = _load_clip(model, device)

@@ -1,8 +1,7 @@
-"""Benchmarks: the paper's comparison (motion fidelity against text fidelity, Fig. 8) and the speed benchmark.
+"""The benchmark suite: the paper's comparison (motion fidelity against text fidelity, Fig. 8) over cases.
 
     motiontransfer bench --suite shapes --output-dir runs/bench          # the shipped suite
     motiontransfer bench --suite my_suite.yaml --methods full sdedit_0.6 --output-dir runs/mine
-    motiontransfer bench --perf --output-dir runs/perf                   # reference preset against ours
 
 Suite format (YAML; paths relative to the file):
 
@@ -14,7 +13,7 @@ Suite format (YAML; paths relative to the file):
     options: {steps: 50}           # optional TransferConfig fields applied to every method
     cases:
       - name: car-to-bike          # optional; default case-NN
-        video: videos/car.mp4      # or  world: {seed: 3}  (a clip of the shapes world, 32x32, 16 frames)
+        video: videos/car.mp4      # or  world: {seed: 3}  (a clip of the shapes world, 16 frames at the model's size)
         prompt: a bike on a road
         source_prompt: a car       # optional
         box: [10, 20, 200, 150]    # optional first-frame box of the object (x0, y0, x1, y1 pixels) for scoring
@@ -27,9 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import resource
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +36,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..video import atomic_write_text, read_video, write_video
+from ..models import model_defaults
+from ..video import atomic_path, atomic_write_text, read_video, write_video
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +89,8 @@ def load_suite(suite: str | Path) -> tuple[dict, list[Case]]:
             from ..shapes import world
 
             w = dict(c["world"])
-            size, count = int(w.pop("size", 32)), int(w.pop("frames", 16))
+            size = int(w.pop("size")) if "size" in w else model_defaults(spec.get("model")).width
+            count = int(w.pop("frames", 16))
             clip = world.sample_clip(np.random.default_rng(int(w.pop("seed"))), size=size, frames=count, **w)
             frames, fps, centres = clip.frames, 8.0, clip.centres
             ys, xs = np.nonzero(clip.masks[0])
@@ -120,7 +118,8 @@ def score_case(case: Case, frames: np.ndarray, spec: dict, grid: int) -> dict:
     scores["motion_fidelity"] = mf["motion_fidelity"]
     scores["motion_fidelity_one_sided"] = mf["motion_fidelity_one_sided"]
     if spec.get("text_fidelity", "clip") == "attributes":
-        from ..shapes.report import attribute_fidelity, object_track, trajectory_agreement
+        from ..shapes.classifier import attribute_fidelity
+        from ..shapes.tracking import object_track, trajectory_agreement
 
         fid = attribute_fidelity(frames, case.prompt)
         scores["text_fidelity"] = fid["score"]
@@ -218,10 +217,9 @@ def scatter(rows: list[dict], path: Path, title: str, text_kind: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def bench_suite(suite: str | Path, output_dir: str | Path, *, methods: list[str] | None = None,
@@ -232,7 +230,10 @@ def bench_suite(suite: str | Path, output_dir: str | Path, *, methods: list[str]
     Each finished case is kept (`cases/<case>/<method>.json`) and not run again. `shard=(i, n)` runs only the
     cases whose index is i modulo n and writes no summary: n such runs can share one output folder on n cores,
     and a last run without a shard, finding every case done, writes the summary. `options` (TransferConfig
-    fields) override the suite's `options`; each method's own changes still apply on top."""
+    fields) override the suite's `options`; each method's own changes still apply on top.
+
+    Returns the summary: suite, cases, methods, seed, grid, text_fidelity ("clip" or "attributes"), shard
+    ([i, n] or None), rows (per method; None for a shard) and records (per case and method)."""
     methods = methods or list(METHODS)
     bad = [m for m in methods if m not in METHODS]
     if bad:
@@ -260,128 +261,16 @@ def bench_suite(suite: str | Path, output_dir: str | Path, *, methods: list[str]
         write_video(path.with_suffix(".mp4"), frames, case.fps, min_size=128)
         atomic_write_text(path, json.dumps(record, indent=2))
         records.append(record)
-    summary = {"suite": spec.get("name", str(suite)), "cases": len(jobs) // len(methods), "methods": methods,
-               "seed": seed, "grid": grid}
-    if shard is not None:
-        return summary | {"shard": list(shard), "records": records}
-    rows = summarise(records, methods)
     text_kind = spec.get("text_fidelity", "clip")
-    summary |= {"rows": rows, "records": records}
+    summary = {"suite": spec.get("name", str(suite)), "cases": len(jobs) // len(methods), "methods": methods,
+               "seed": seed, "grid": grid, "text_fidelity": text_kind,
+               "shard": list(shard) if shard is not None else None, "rows": None, "records": records}
+    if shard is not None:
+        return summary
+    summary["rows"] = rows = summarise(records, methods)
     atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
     atomic_write_text(out / "results.md", markdown_table(rows, text_kind))
     scatter(rows, out / "scatter.png", f"{summary['suite']}: {len(cases)} cases", text_kind)
     return summary
 
-
-# -------------------------------------------------------------------------------------------------- perf
-
-def _perf_one(args: list[str]) -> None:
-    """Child process: one transfer, prints JSON with timings, counts, peak memory and the frames' path."""
-    import torch
-
-    from ..shapes import world
-    from ..pipeline import transfer
-
-    preset, seed, frames, out = args[0], int(args[1]), int(args[2]), Path(args[3])
-    model = args[4] if len(args) > 4 and args[4] else None
-    clip = world.sample_clip(np.random.default_rng(seed), size=32, frames=frames)
-    prompt = perf_prompt(clip.params)
-    start = time.perf_counter()
-    r = transfer(clip.frames, prompt, output_dir=False, quiet=True, preset=preset, seed=seed, frames=frames,
-                 use_cache=False, model=model)
-    seconds = time.perf_counter() - start
-    np.save(out, r.frames)
-    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"preset": preset, "seed": seed, "frames": frames, "seconds": seconds, "prompt": prompt,
-                      "timings_s": r.timings, "counts": r.counts, "peak_bytes": peak}))
-
-
-def perf_prompt(params) -> str:
-    """A target whose shape and colour both differ from the source clip's, on the same background."""
-    from ..shapes import world
-
-    colours = [c for c in world.allowed_colours(params.background) if c != params.colour]
-    shapes = [s for s in world.SHAPES if s != params.shape]
-    return f"a {colours[0]} {shapes[0]} on a {params.background} background"
-
-
-def bench_perf(output_dir: str | Path, *, seeds: int = 3, frames: tuple[int, ...] = (8, 16, 24, 32),
-               pair_frames: int = 16, model: str | None = None, quiet: bool = False) -> dict:
-    """Reference preset against ours on the shipped model, alternating, each run in its own process (so that
-    peak memory is per run); then a frame sweep of ours. Reports ratios measured in the same run."""
-    from ..shapes import world
-    from .metrics import score_videos
-    from ..shapes.report import attribute_fidelity
-
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    runs = []
-    plan = [(p, s, pair_frames) for s in range(seeds) for p in ("reference", "default")] + \
-           [("default", 0, f) for f in frames]
-    for preset, seed, count in tqdm(plan, desc="perf", disable=quiet, dynamic_ncols=True):
-        target = out / f"{preset}-{seed}-{count}.npy"
-        line = subprocess.run([sys.executable, "-m", "motiontransfer.evaluation.suite", "_perf_one", preset, str(seed),
-                               str(count), str(target), model or ""], check=True, capture_output=True,
-                              text=True).stdout
-        record = json.loads(line.strip().splitlines()[-1])
-        edited = np.load(target)
-        clip = world.sample_clip(np.random.default_rng(seed), size=32, frames=count)
-        record["motion_fidelity"] = score_videos(clip.frames, edited, grid=30, tracker="flow")["motion_fidelity"]
-        record["text_fidelity"] = attribute_fidelity(edited, record["prompt"])["score"]
-        runs.append(record)
-    ref = [r for r in runs[:2 * seeds] if r["preset"] == "reference"]
-    ours = [r for r in runs[:2 * seeds] if r["preset"] == "default"]
-
-    def avg(rs, key):
-        return float(np.mean([r[key] for r in rs]))
-
-    summary = {
-        "reference_s": avg(ref, "seconds"), "default_s": avg(ours, "seconds"),
-        "speedup": avg(ref, "seconds") / avg(ours, "seconds"),
-        "reference_motion_fidelity": avg(ref, "motion_fidelity"), "default_motion_fidelity": avg(ours, "motion_fidelity"),
-        "reference_text_fidelity": avg(ref, "text_fidelity"), "default_text_fidelity": avg(ours, "text_fidelity"),
-        "reference_peak_mb": avg(ref, "peak_bytes") / 2**20, "default_peak_mb": avg(ours, "peak_bytes") / 2**20,
-        "sweep": [{"frames": r["frames"], "seconds": r["seconds"], "peak_mb": r["peak_bytes"] / 2**20}
-                  for r in runs[2 * seeds:]],
-        "runs": runs,
-    }
-    lines = ["| preset | s / video | inversion s | sampling s | UNet fwd | truncated fwd | bwd | peak MB | "
-             "motion fidelity | text fidelity |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, rs in (("reference", ref), ("default", ours)):
-        lines.append(f"| {name} | {avg(rs, 'seconds'):.1f} | "
-                     f"{np.mean([r['timings_s'].get('inversion', 0) for r in rs]):.1f} | "
-                     f"{np.mean([r['timings_s'].get('sampling', 0) for r in rs]):.1f} | "
-                     f"{np.mean([r['counts']['unet_forward'] for r in rs]):.0f} | "
-                     f"{np.mean([r['counts']['unet_truncated_forward'] for r in rs]):.0f} | "
-                     f"{np.mean([r['counts']['unet_backward'] for r in rs]):.0f} | "
-                     f"{avg(rs, 'peak_bytes') / 2**20:.0f} | {avg(rs, 'motion_fidelity'):.3f} | "
-                     f"{avg(rs, 'text_fidelity'):.3f} |")
-    lines += ["", f"speed-up (reference / default): {summary['speedup']:.2f}x", "",
-              "| frames | s / video | peak MB |", "|---|---|---|"]
-    lines += [f"| {s['frames']} | {s['seconds']:.1f} | {s['peak_mb']:.0f} |" for s in summary["sweep"]]
-    atomic_write_text(out / "perf.json", json.dumps(summary, indent=2))
-    atomic_write_text(out / "perf.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return summary
-
-
-def bench(args) -> None:
-    """CLI entry (`motiontransfer bench`)."""
-    if args.perf:
-        bench_perf(args.output_dir, seeds=args.seeds, model=args.model, quiet=args.quiet)
-        return
-    summary = bench_suite(args.suite, args.output_dir, methods=args.methods, limit=args.limit, quiet=args.quiet,
-                          shard=args.shard, options=dict(args.option or []))
-    if args.shard:
-        print(f"shard {args.shard[0]}/{args.shard[1]}: {summary['cases']} cases done; run again without --shard "
-              f"to write the summary")
-        return
-    spec_kind = "attributes" if summary["rows"] and "colour_ok" in summary["rows"][0] else "clip"
-    print(markdown_table(summary["rows"], spec_kind))
-
-
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "_perf_one":
-        logging.basicConfig(level=logging.ERROR)
-        _perf_one(sys.argv[2:])
+__all__ = ["METHODS", "Case", "bench_suite", "load_suite", "markdown_table", "score_case", "run_case"]

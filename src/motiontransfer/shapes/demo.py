@@ -8,21 +8,27 @@ both differ from the source's, runs the method with its defaults, and writes nex
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
+from ..models import model_defaults
+from ..pipeline import TransferResult, transfer
+from ..video import atomic_path, atomic_write_text, read_video, write_video
 from . import world
-from ..pipeline import transfer
-from ..video import atomic_write_text, read_video, write_video
+
+logger = logging.getLogger(__name__)
 
 
 def target_prompt(params: world.ClipParams) -> str:
-    """Another shape and another colour than the source's, on the same background."""
-    colours = [c for c in world.allowed_colours(params.background) if c != params.colour]
-    shapes = [s for s in world.SHAPES if s != params.shape]
+    """Another shape and another colour than the source's, on the same background (`world.other_looks`),
+    picked by the source's shape."""
+    shapes, colours = world.other_looks(params)
     i = world.SHAPES.index(params.shape)
-    return f"a {colours[i % len(colours)]} {shapes[i % len(shapes)]} on a {params.background} background"
+    return world.plain_caption(colours[i % len(colours)], shapes[i % len(shapes)], params.background)
 
 
 def plot_trajectories(source: np.ndarray, result: np.ndarray, path: Path, title: str) -> dict:
@@ -32,7 +38,7 @@ def plot_trajectories(source: np.ndarray, result: np.ndarray, path: Path, title:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import object_track, trajectory_agreement
+    from .tracking import object_track, trajectory_agreement
 
     a, b = object_track(source), object_track(result)
     h, w = source.shape[1:3]
@@ -51,29 +57,42 @@ def plot_trajectories(source: np.ndarray, result: np.ndarray, path: Path, title:
     axes[1].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    tmp.replace(path)
     return trajectory_agreement(a, b)
 
 
-def demo(video: str | None = None, prompt: str | None = None, output_dir: str | Path = "outputs/demo", *,
-         overwrite: bool = False, seed: int = 0, quiet: bool = False, **options) -> Path:
+@dataclass
+class DemoResult:
+    """What `demo` made: the transfer itself, and how well the result's object follows the source's."""
+
+    output_dir: Path
+    source: str                     # the source clip's caption, or the video's file name
+    prompt: str
+    trajectory: dict                # `tracking.trajectory_agreement` of the two objects' centres
+    transfer: TransferResult
+
+
+def demo(video: str | Path | None = None, prompt: str | None = None, output_dir: str | Path = "outputs/demo", *,
+         overwrite: bool = False, seed: int = 0, quiet: bool = False, **options) -> DemoResult:
+    """A transfer with the shipped model (or `options["model"]`) on a world clip of its size, or on `video`
+    (then `prompt` is needed). `options` are `TransferConfig` fields. An earlier demo's folder is replaced."""
     out = Path(output_dir)
     previous = out / "run.json"
     if previous.exists() and "demo" in json.loads(previous.read_text()):
         overwrite = True                        # an earlier demo's folder: running the demo again replaces it
     if video is None:
-        clip = world.sample_clip(np.random.default_rng(10_000 + seed), size=32, frames=16)
+        size = model_defaults(options.get("model")).width
+        clip = world.sample_clip(np.random.default_rng(10_000 + seed), size=size, frames=16)
         frames, fps = clip.frames, 8.0
         prompt = prompt or target_prompt(clip.params)
         source_caption = clip.caption
     else:
+        if prompt is None:
+            raise ConfigError("--prompt is needed with --video")
         v = read_video(video)
         frames, fps, source_caption = v.frames, v.fps, Path(video).name
-        if prompt is None:
-            raise SystemExit("--prompt is needed with --video")
     result = transfer(frames, prompt, output_dir=out, overwrite=overwrite, quiet=quiet, seed=seed, fps=fps,
                       **options)
     write_video(out / "source.mp4", result.source, fps, min_size=256)
@@ -82,7 +101,6 @@ def demo(video: str | None = None, prompt: str | None = None, output_dir: str | 
     record = json.loads((out / "run.json").read_text())
     record["demo"] = {"source": source_caption, "trajectory": agreement}
     atomic_write_text(out / "run.json", json.dumps(record, indent=2))
-    if not quiet:
-        print(f"source: {source_caption}\ntarget: {prompt}\nvelocity cosine {agreement['velocity_cosine']:.2f}, "
-              f"centre error {agreement['centre_error']:.1f} px, {sum(result.timings.values()):.1f} s")
-    return out
+    logger.info("source: %s\ntarget: %s\nvelocity cosine %.2f, centre error %.1f px, %.1f s", source_caption, prompt,
+                agreement["velocity_cosine"], agreement["centre_error"], sum(result.timings.values()))
+    return DemoResult(output_dir=out, source=source_caption, prompt=prompt, trajectory=agreement, transfer=result)

@@ -2,7 +2,8 @@
 
 One command runs every stage in order and resumes from the last checkpoint of the stage it was in:
 
-    python -m motiontransfer.train --work checkpoints/shapes [--export src/motiontransfer/weights/shapes]
+    motiontransfer train --work checkpoints/shapes [--export src/motiontransfer/shapes/weights/model]
+        [--export-only] [--init-from MODEL_DIR] [--set KEY=VALUE ...] [--device cpu|cuda]
 
 Stages (each writes into the work folder, outside git):
     data     render the synthetic world's clips (`world.make_dataset`) once, to `data.npz`
@@ -14,8 +15,9 @@ Stages (each writes into the work folder, outside git):
              `unet.pt` holds the weights, their exponential moving average, the optimiser and the step
     export   writes the EMA weights as a diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)
 
-The noise schedule is ZeroScope's (scaled_linear 0.00085 to 0.012, 1000 steps, epsilon prediction), so the
-reference preset applies to this model unchanged. Progress goes to a tqdm bar and to `log.jsonl`.
+The noise schedule is ZeroScope's (`tools.zeroscope.SCHEDULER_CONFIG`: scaled_linear 0.00085 to 0.012, 1000
+steps, epsilon prediction), so the reference preset applies to this model unchanged. Progress goes to a tqdm bar
+and to `log.jsonl`.
 
 `--device cuda` trains on a GPU (bf16 autocast); every random draw still comes from CPU generators, so a run
 is the same draw for draw on any device, and checkpoints load anywhere (they are read with map_location).
@@ -23,11 +25,9 @@ is the same draw for draw on any device, and checkpoints load anywhere (they are
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,21 +37,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
+from ..tools.zeroscope import SCHEDULER_CONFIG
+from ..video import atomic_path
 from . import world
 
 logger = logging.getLogger(__name__)
 
-SCHEDULER_CONFIG = {  # ZeroScope's scheduler config, the DDIM form.
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "prediction_type": "epsilon",
-    "timestep_spacing": "leading",
-}
 
 
 @dataclass(frozen=True)
@@ -175,9 +167,8 @@ class Log:
 
 
 def save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
@@ -208,9 +199,8 @@ def stage_data(cfg: TrainConfig, work: Path) -> None:
     logger.info("rendering %d clips of %d frames at %dx%d", cfg.clips, cfg.frames, cfg.size, cfg.size)
     data = world.make_dataset(cfg.clips, seed=cfg.seed, size=cfg.size, frames=cfg.frames, progress=True,
                               texture_prob=cfg.texture_prob)
-    tmp = work / "data.tmp.npz"
-    np.savez(tmp, frames=data["frames"], captions=np.array(data["captions"]))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, frames=data["frames"], captions=np.array(data["captions"]))
 
 
 def load_frames(work: Path) -> tuple[np.ndarray, list[str]]:
@@ -442,7 +432,7 @@ def seed_from_export(cfg: TrainConfig, work: Path, source: Path) -> None:
     from transformers import CLIPTextModel
 
     if (work / "unet.pt").exists() or (work / "vae.pt").exists():
-        raise SystemExit(f"{work} already holds checkpoints; --init-from needs an empty work folder")
+        raise ConfigError(f"{work} already holds checkpoints; --init-from needs an empty work folder")
     recorded = json.loads((source / "motiontransfer.json").read_text())
     steps = recorded["trained_steps"]
     shutil.copytree(source / "tokenizer", work / "tokenizer", dirs_exist_ok=True)
@@ -471,78 +461,80 @@ def export(cfg: TrainConfig, work: Path, out: Path, *, dtype=torch.float16) -> N
             p.copy_(e)
     vae = load_vae(cfg, work)
     vae.register_to_config(**load_latents(cfg, work)[2])
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        import shutil
-        shutil.rmtree(tmp)
-    unet.to(dtype).save_pretrained(tmp / "unet", safe_serialization=True)
-    vae.to(dtype).save_pretrained(tmp / "vae", safe_serialization=True)
-    text.to(dtype).save_pretrained(tmp / "text_encoder", safe_serialization=True)
-    tokenizer.save_pretrained(tmp / "tokenizer")
-    for name in ("vocab.json", "merges.txt"):
-        (tmp / "tokenizer" / name).write_bytes((work / "tokenizer" / name).read_bytes())
-    DDIMScheduler(**SCHEDULER_CONFIG).save_pretrained(tmp / "scheduler")
-    (tmp / "model_index.json").write_text(json.dumps({
-        "_class_name": "TextToVideoSDPipeline", "_diffusers_version": "0.42.1",
-        "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet3DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"]}, indent=2))
-    (tmp / "motiontransfer.json").write_text(json.dumps({
-        "width": cfg.size, "height": cfg.size, "frames": cfg.frames, "fps": 8.0, "negative_prompt": "",
-        # benchmarks/init_sweep.py: on this small model the unfiltered inverted latent follows the source's
-        # motion far better than LF init (Eq. 4), at the same colour and shape rates
-        "method_defaults": {"init": "inverted"},
-        "vocabulary": world.vocabulary(),        # prompts with other words get a warning (models.check_words)
-        "trained_steps": state["step"], "train_config": asdict(cfg)}, indent=2))
-    if out.exists():
-        import shutil
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_path(out, keep_suffix=False) as tmp:
+        tmp.mkdir(parents=True)
+        unet.to(dtype).save_pretrained(tmp / "unet", safe_serialization=True)
+        vae.to(dtype).save_pretrained(tmp / "vae", safe_serialization=True)
+        text.to(dtype).save_pretrained(tmp / "text_encoder", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        for name in ("vocab.json", "merges.txt"):
+            (tmp / "tokenizer" / name).write_bytes((work / "tokenizer" / name).read_bytes())
+        DDIMScheduler(**SCHEDULER_CONFIG).save_pretrained(tmp / "scheduler")
+        (tmp / "model_index.json").write_text(json.dumps({
+            "_class_name": "TextToVideoSDPipeline", "_diffusers_version": "0.42.1",
+            "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet3DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"]}, indent=2))
+        (tmp / "motiontransfer.json").write_text(json.dumps({
+            "width": cfg.size, "height": cfg.size, "frames": cfg.frames, "fps": 8.0, "negative_prompt": "",
+            # benchmarks/init_sweep.py: on this small model the unfiltered inverted latent follows the source's
+            # motion far better than LF init (Eq. 4), at the same colour and shape rates
+            "method_defaults": {"init": "inverted"},
+            "vocabulary": world.vocabulary(),    # prompts with other words get a warning (models.check_words)
+            "trained_steps": state["step"], "train_config": asdict(cfg)}, indent=2))
     logger.info("exported step %d to %s", state["step"], out)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=Path("checkpoints/shapes"), help="checkpoint folder")
-    parser.add_argument("--export", type=Path, default=None, help="write the diffusers folder here when done")
-    parser.add_argument("--export-only", action="store_true", help="export the last checkpoint and stop")
-    parser.add_argument("--init-from", type=Path, default=None,
-                        help="start an empty work folder from an exported model (e.g. the shipped one)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override a TrainConfig field")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (checkpoints move between them)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    args.work.mkdir(parents=True, exist_ok=True)
-    saved = args.work / "config.json"
-    overrides = dict(kv.split("=", 1) for kv in args.set)
+DEFAULT_WORK = Path("checkpoints/shapes")
+DEFAULT_EXPORT = Path("src/motiontransfer/shapes/weights/model")    # the shipped model, in a checkout
+LATENT_NORMS = ("global", "channel")
+
+
+def train_config(work: Path, overrides: dict[str, str] | None = None) -> TrainConfig:
+    """The work folder's config (its config.json, else the defaults) with `overrides` applied: field name -> the
+    value as text (JSON, except for text fields). Checked here, before any stage runs."""
+    saved = work / "config.json"
     base = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v
                           for k, v in json.loads(saved.read_text()).items()}) if saved.exists() else TrainConfig()
     fields = asdict(base)
-    for k, v in overrides.items():
+    for k, v in (overrides or {}).items():
         if k not in fields:
-            raise SystemExit(f"unknown TrainConfig field {k!r}")
+            raise ConfigError(f"unknown TrainConfig field {k!r}")
         fields[k] = type(fields[k])(json.loads(v)) if not isinstance(fields[k], str) else v
     cfg = TrainConfig(**fields)
-    if cfg.latent_norm not in ("global", "channel"):       # before any stage runs, not after the VAE's half hour
-        raise SystemExit(f"latent_norm must be 'global' or 'channel', got {cfg.latent_norm!r}")
-    saved.write_text(json.dumps(asdict(cfg), indent=2))
+    if cfg.latent_norm not in LATENT_NORMS:       # before any stage runs, not after the VAE's half hour
+        raise ConfigError(f"latent_norm must be 'global' or 'channel', got {cfg.latent_norm!r}")
+    return cfg
+
+
+def train(work: str | Path = DEFAULT_WORK, *, export_to: str | Path | None = None, export_only: bool = False,
+          init_from: str | Path | None = None, overrides: dict[str, str] | None = None,
+          device: str = "cpu") -> TrainConfig:
+    """Runs every stage not yet done in `work` (resuming the one it was in), then exports to `export_to` if given.
+
+    `export_only` exports the last checkpoint (to `export_to`, default `DEFAULT_EXPORT`) and trains nothing;
+    `init_from` starts an empty work folder from an exported model (`seed_from_export`); `overrides` as in
+    `train_config`; `device` cpu, cuda or cuda:N (checkpoints move between them). The resolved config is written
+    to `work/config.json`. Returns it.
+    """
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = train_config(work, overrides)
+    (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     torch.manual_seed(cfg.seed)
-    if args.export_only:
-        export(cfg, args.work, args.export or Path("src/motiontransfer/weights/shapes"))
-        return
-    log = Log(args.work / "log.jsonl")
-    if args.init_from:
-        seed_from_export(cfg, args.work, args.init_from)
-    stage_data(cfg, args.work)
-    if not (args.work / "tokenizer" / "vocab.json").exists():
-        build_tokenizer(args.work / "tokenizer", cfg.max_tokens)
-    device = torch.device(args.device)
-    stage_vae(cfg, args.work, log, device)
-    stage_encode(cfg, args.work, device)
-    stage_unet(cfg, args.work, log, device)
-    if args.export:
-        export(cfg, args.work, args.export)
-
-
-if __name__ == "__main__":
-    main()
+    if export_only:
+        export(cfg, work, Path(export_to or DEFAULT_EXPORT))
+        return cfg
+    log = Log(work / "log.jsonl")
+    if init_from:
+        seed_from_export(cfg, work, Path(init_from))
+    stage_data(cfg, work)
+    if not (work / "tokenizer" / "vocab.json").exists():
+        build_tokenizer(work / "tokenizer", cfg.max_tokens)
+    device = torch.device(device)
+    stage_vae(cfg, work, log, device)
+    stage_encode(cfg, work, device)
+    stage_unet(cfg, work, log, device)
+    if export_to:
+        export(cfg, work, Path(export_to))
+    return cfg

@@ -585,6 +585,19 @@ def caption(params: ClipParams, *, motion_phrase: bool) -> str:
     return " ".join(words)
 
 
+def plain_caption(colour: str, shape: str, background: str) -> str:
+    """`a {colour} {shape} on a {background} background`: a caption without a motion phrase."""
+    return f"a {colour} {shape} on a {background} background"
+
+
+def other_looks(params: ClipParams) -> tuple[list[str], list[str]]:
+    """The targets of a transfer that changes a clip's look and keeps its background: the shapes other than its
+    own (SHAPES order) and the colours other than its own that its background allows (COLOURS order)."""
+    shapes = [s for s in SHAPES if s != params.shape]
+    colours = [c for c in allowed_colours(params.background) if c != params.colour]
+    return shapes, colours
+
+
 def _phrases() -> dict[str, str]:
     """Every motion phrase -> its motion name."""
     phrases = {"moving " + d: "linear" for d in _DIRECTIONS}

@@ -1,22 +1,8 @@
-"""GPU memory: activation options for the guidance step, and byte counts of a run made without the weights.
+"""GPU memory at ZeroScope scale, counted without the weights: byte counts of a run made on the meta device.
 
-Activation options: `activation_options(unet, mode)`, a context manager around the guidance step (the forward
-and backward passes of `sampling.optimise_latent`):
-
-    none        autograd keeps what each op saves for backward (the default)
-    checkpoint  chosen UNet blocks keep only their inputs; in backward each one runs its forward again, once,
-                to rebuild what it had saved (`checkpoint_blocks`). The gradients are those of `none`.
-    offload     tensors saved for backward move to host memory (pinned when CUDA is there) and come back when
-                backward needs them; parameters and host tensors stay where they are (`offload_activations`)
-
-Both work through `torch.autograd.graph.saved_tensors_hooks` and module hooks that are removed on exit; no
-library `forward` is replaced. diffusers' own switch cannot be used: `UNet3DConditionModel` sets
-`_supports_gradient_checkpointing = False`, and its 3D blocks set a `gradient_checkpointing` attribute that
-their `forward` never reads (diffusers 0.42).
-
-Counting: the `estimate_*` functions run the package's own code (`TextToVideo.features`, `predict`,
-`encode_frames`, `decode_latents`, `losses.motion_loss`, `sampling.optimise_latent`) on components built on the
-meta device, which have shapes and dtypes but no data, and count bytes with:
+The `estimate_*` functions run the package's own code (`TextToVideo.features`, `predict`, `encode_frames`,
+`decode_latents`, `losses.motion_loss`, `sampling.optimise_latent`, the options of `activations`) on
+components built on the meta device, which have shapes and dtypes but no data, and count bytes with:
 
     SavedTensorCounter  the bytes autograd saves for backward (a pack hook; each storage counted once)
     LiveBytes           a TorchDispatchMode that adds every storage an op makes and subtracts it when it is freed
@@ -34,7 +20,6 @@ import contextlib
 import functools
 import logging
 import weakref
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -44,72 +29,24 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.checkpoint import get_device_states, set_device_states
 
-from ..config import DEFAULT_LAYERS
+from ..activations import (checkpoint_blocks, iter_tensors, offload_activations, saved_alias, storage_of,
+                           unet_checkpoint_units)
+from ..config import ACTIVATION_MODES, DEFAULT_LAYERS
 from ..errors import ConfigError
 from ..features import FeatureHooks
 from ..losses import motion_loss
-from ..models import ZEROSCOPE_UNET_CONFIG, ModelDefaults, TextToVideo
+from ..models import ModelDefaults, TextToVideo
 from ..sampling import GuidedStep, optimise_latent
+from . import zeroscope
 
-ACTIVATION_MODES = ("none", "checkpoint", "offload")
 # sdpa-fused: diffusers' default AttnProcessor2_0 with the kernel PyTorch picks on a CUDA GPU in fp16 (flash, or
 # memory-efficient before Ampere); sdpa-math: the same processor on SDPA's math fallback (what the meta device
 # runs; it upcasts fp16 to fp32); plain: diffusers' AttnProcessor, which materialises the attention matrix.
 ATTENTION_BACKENDS = ("sdpa-fused", "sdpa-math", "plain")
-CHECKPOINT_UNITS = ("blocks", "layers")
 GIB = 2 ** 30
 
-# cerspense/zeroscope_v2_576w vae/config.json (the Stable Diffusion VAE) and text_encoder/config.json (the
-# OpenCLIP ViT-H/14 text tower, 23 of its 24 layers, as a CLIPTextModel), for estimates without the weights.
-ZEROSCOPE_VAE_CONFIG = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": (128, 256, 512, 512),
-    "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "layers_per_block": 2, "norm_num_groups": 32, "act_fn": "silu", "sample_size": 768, "scaling_factor": 0.18215}
-ZEROSCOPE_TEXT_ENCODER_CONFIG = {
-    "vocab_size": 49408, "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23,
-    "num_attention_heads": 16, "max_position_embeddings": 77, "hidden_act": "gelu", "projection_dim": 1024}
-ZEROSCOPE_SIZE = (576, 320)          # (width, height) in pixels
-ZEROSCOPE_VAE_SCALE = 8
 KEPT_LATENTS = 21                    # inverted latents kept on the device: the 20 guided steps and the first
-
-
-# ------------------------------------------------------------------------------------------------ storages
-
-def _storage(tensor: torch.Tensor) -> torch.UntypedStorage:
-    """The storage under `tensor`. PyTorch keeps one Python object per storage for as long as the storage lives,
-    so its `id` names the storage and a finalizer on it runs when the memory is released."""
-    return tensor.untyped_storage()
-
-
-def _tensors(obj) -> Iterator[torch.Tensor]:
-    """The tensors in nested tuples, lists and dicts."""
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (tuple, list)):
-        for item in obj:
-            yield from _tensors(item)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            yield from _tensors(item)
-
-
-def _alias(tensor: torch.Tensor) -> torch.Tensor:
-    """What a pack hook returns to keep a tensor as it is. The tensor itself would be a reference cycle when it is
-    the output of the op saving it (node -> tensor -> grad_fn = node), freed only by the garbage collector; an
-    alias without autograd history keeps the same storage and no cycle, as autograd's own saving does."""
-    return tensor.detach()
-
-
-def _map_tensors(fn: Callable[[torch.Tensor], Any], obj):
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_map_tensors(fn, item) for item in obj)
-    if isinstance(obj, dict):
-        return {k: _map_tensors(fn, v) for k, v in obj.items()}
-    return obj
 
 
 def parameter_bytes(*modules: nn.Module) -> int:
@@ -117,270 +54,8 @@ def parameter_bytes(*modules: nn.Module) -> int:
     seen = {}
     for module in modules:
         for t in (*module.parameters(), *module.buffers()):
-            seen.setdefault(id(_storage(t)), _storage(t).nbytes())
+            seen.setdefault(id(storage_of(t)), storage_of(t).nbytes())
     return sum(seen.values())
-
-
-# ------------------------------------------------------------------------------------ activation checkpointing
-
-class _StopRecompute(Exception):
-    """Ends a recomputation once it has rebuilt every tensor the first run saved."""
-
-
-class _Handle:
-    """Stands in the autograd graph for one tensor a checkpointed call saved."""
-
-    __slots__ = ("__weakref__",)
-
-
-class _Call:
-    """One checkpointed call of a module: its inputs, RNG and autocast state, and one handle per saved tensor."""
-
-    def __init__(self, module: nn.Module, args: tuple, kwargs: dict):
-        self.module, self.args, self.kwargs = module, args, kwargs
-        tensors = list(_tensors((args, kwargs)))
-        self.versions = [t._version for t in tensors]
-        self.device_type = next((t.device.type for t in tensors if t.device.type not in ("cpu", "meta")), None)
-        self.cpu_rng = torch.get_rng_state()
-        self.devices, self.device_states = get_device_states(*tensors) if self.device_type else ([], [])
-        autocast_device = self.device_type or "cpu"
-        self.autocast = (autocast_device, torch.is_autocast_enabled(autocast_device),
-                         torch.get_autocast_dtype(autocast_device))
-        self.saved: list[tuple[weakref.ref, torch.Size, torch.dtype]] = []
-        self.recomputed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # handle -> rebuilt tensor
-        self.done = False
-
-
-class BlockCheckpointing:
-    """Activation checkpointing of named submodules, by hooks that are removed on exit. See `checkpoint_blocks`."""
-
-    def __init__(self, model: nn.Module, names: Iterable[str],
-                 recompute_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
-        names = tuple(names)
-        modules = dict(model.named_modules())
-        unknown = [n for n in names if n not in modules]
-        if unknown:
-            raise ConfigError(f"cannot checkpoint {unknown}: no module of the model has that name")
-        nested = [(a, b) for a in names for b in names if b.startswith(a + ".")]
-        if nested or len(set(names)) != len(names):
-            raise ConfigError(f"checkpointed modules must not repeat or nest: {nested or names}")
-        self.names = names
-        self._recompute_context = recompute_context
-        self._modules = [modules[n] for n in names]
-        self._handles = []
-        self._open: list[tuple[_Call | None, Any]] = []     # calls whose forward is running, innermost last
-        self._recomputing = False
-        self.calls = 0              # checkpointed calls so far
-        self.recomputations = 0
-
-    def __enter__(self) -> "BlockCheckpointing":
-        try:
-            for module in self._modules:
-                self._handles.append(module.register_forward_pre_hook(self._before, with_kwargs=True))
-                self._handles.append(module.register_forward_hook(self._after, with_kwargs=True, always_call=True))
-        except BaseException:
-            self._remove()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._remove()
-
-    def _remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        while self._open:                          # a forward interrupted by something the hooks could not see
-            _, hooks = self._open.pop()
-            if hooks is not None:
-                hooks.__exit__(None, None, None)
-
-    # forward: keep the inputs, save handles ------------------------------------------------------------
-    def _before(self, module, args, kwargs):
-        if self._recomputing or not torch.is_grad_enabled():
-            self._open.append((None, None))
-            return None
-        call = _Call(module, args, kwargs)
-        hooks = torch.autograd.graph.saved_tensors_hooks(partial(self._pack, call), partial(self._unpack, call))
-        hooks.__enter__()
-        self._open.append((call, hooks))
-        self.calls += 1
-        return None
-
-    def _after(self, module, args, kwargs, output):
-        # always_call: also runs when the forward raised (features.StopForward ends a truncated pass here)
-        _, hooks = self._open.pop()
-        if hooks is not None:
-            hooks.__exit__(None, None, None)
-        return None
-
-    @staticmethod
-    def _pack(call: _Call, tensor: torch.Tensor) -> _Handle:
-        handle = _Handle()
-        call.saved.append((weakref.ref(handle), tensor.shape, tensor.dtype))
-        return handle
-
-    # backward: rebuild on first use ---------------------------------------------------------------------
-    def _unpack(self, call: _Call, handle: _Handle) -> torch.Tensor:
-        if not call.done:
-            self._recompute(call)
-        return call.recomputed[handle]
-
-    def _recompute(self, call: _Call) -> None:
-        name = type(call.module).__name__
-        if [t._version for t in _tensors((call.args, call.kwargs))] != call.versions:
-            raise RuntimeError(f"an input of a checkpointed {name} was modified in place after its forward; "
-                               f"recomputing it would give other values")
-        count = 0
-
-        def pack(tensor):
-            nonlocal count
-            ref, shape, dtype = call.saved[count]
-            if tensor.shape != shape or tensor.dtype != dtype:
-                raise RuntimeError(f"recomputing a checkpointed {name} saved a {tuple(tensor.shape)} {tensor.dtype} "
-                                   f"tensor where its forward saved {tuple(shape)} {dtype}; is it deterministic?")
-            handle = ref()
-            if handle is not None:                  # a handle autograd already dropped needs nothing rebuilt
-                call.recomputed[handle] = tensor.detach()
-            count += 1
-            if count == len(call.saved):
-                raise _StopRecompute
-            return None
-
-        def unpack(_):
-            raise RuntimeError("a tensor saved during recomputation was used")
-
-        args, kwargs = _map_tensors(lambda t: t.detach().requires_grad_(t.requires_grad), (call.args, call.kwargs))
-        device_type, autocast_enabled, autocast_dtype = call.autocast
-        # fork_rng's own default device type; None fails in torch 2.11 on a machine with CUDA
-        rng = torch.random.fork_rng(devices=call.devices, device_type=call.device_type or "cuda")
-        with rng, torch.enable_grad(), torch.autocast(device_type, autocast_dtype, autocast_enabled), \
-                self._recompute_context(), torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-            torch.set_rng_state(call.cpu_rng)
-            if call.devices:
-                set_device_states(call.devices, call.device_states, device_type=call.device_type)
-            self._recomputing = True
-            try:
-                call.module(*args, **kwargs)
-            except _StopRecompute:
-                pass
-            finally:
-                self._recomputing = False
-        if count < len(call.saved):
-            raise RuntimeError(f"recomputing a checkpointed {name} saved {count} tensors, its forward "
-                               f"{len(call.saved)}; is it deterministic?")
-        call.done = True
-        call.args = call.kwargs = None               # the rebuilt tensors hold what is still needed
-        self.recomputations += 1
-
-
-def checkpoint_blocks(model: nn.Module, names: Iterable[str], *,
-                      recompute_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
-                      ) -> BlockCheckpointing:
-    """Context manager: activation checkpointing of the submodules `names` of `model` while it is open.
-
-    A call of a named module with gradients on keeps its inputs and, in place of each tensor it saves for
-    backward, a handle. The first time backward needs one of them, the module runs its forward again on the kept
-    inputs (same RNG and autocast state) until it has rebuilt as many saved tensors as its first run made; each
-    rebuilt tensor is freed when autograd drops its handle. The graph is the original one, so the gradients are
-    those without checkpointing, provided the module is deterministic given its RNG state (checked by shapes)
-    and its inputs are not modified in place before backward (checked: an error, not a wrong gradient).
-
-    Calls under `no_grad`, and calls made by a recomputation, run as usual. A truncated pass (`StopForward`
-    raised inside a named module) is fine: the recomputation stops where the first run stopped. Open it around
-    the forward and the backward; if it closes in between, backward still recomputes. Names must not nest.
-    `recompute_context` makes a context that the recomputation runs in, for state that backward does not
-    carry over from the forward (Python `TorchFunctionMode`s, for one).
-    """
-    return BlockCheckpointing(model, names, recompute_context=recompute_context)
-
-
-def unet_checkpoint_units(unet: nn.Module, units: str = "layers") -> list[str]:
-    """What `checkpoint` recomputes as one piece: the UNet's top-level blocks (`blocks`: down_blocks.i,
-    mid_block, up_blocks.i) or every layer inside them (`layers`: resnets.j, temp_convs.j, attentions.j,
-    temp_attentions.j, the down- and upsamplers)."""
-    if units not in CHECKPOINT_UNITS:
-        raise ConfigError(f"checkpoint units must be one of {', '.join(CHECKPOINT_UNITS)}, got {units!r}")
-    blocks = [f"down_blocks.{i}" for i in range(len(unet.down_blocks))]
-    blocks += ["mid_block"] if getattr(unet, "mid_block", None) is not None else []
-    blocks += [f"up_blocks.{i}" for i in range(len(unet.up_blocks))]
-    if units == "blocks":
-        return blocks
-    modules = dict(unet.named_modules())
-    return [f"{block}.{group}.{j}" for block in blocks for group, layers in modules[block].named_children()
-            if isinstance(layers, nn.ModuleList) for j in range(len(layers))]
-
-
-# ---------------------------------------------------------------------------------------- activation offload
-
-class offload_activations:
-    """Context manager: tensors saved for backward move to host memory and come back when backward needs them.
-
-    `torch.autograd.graph.save_on_cpu`, except that tensors on the storages of `resident` (the parameters and
-    buffers, on the device anyway) and tensors already on the host are kept as they are instead of copied.
-    `host_bytes` counts what was moved. Pinned host memory (the default when CUDA is there) lets the copies back
-    overlap with compute.
-    """
-
-    def __init__(self, resident: Iterable[torch.Tensor] = (), pin_memory: bool | None = None):
-        self._resident = {id(_storage(t)): _storage(t) for t in resident}
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.host_bytes = 0
-        self._hooks = None
-
-    def __enter__(self) -> "offload_activations":
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._hooks.__exit__(*exc)
-        self._hooks = None
-
-    def stays(self, tensor: torch.Tensor) -> bool:
-        """Whether a saved tensor is kept where it is: it is on the host already, or on a resident storage."""
-        return tensor.device.type == "cpu" or id(_storage(tensor)) in self._resident
-
-    def _pack(self, tensor: torch.Tensor):
-        if self.stays(tensor):
-            return None, _alias(tensor)
-        self.host_bytes += tensor.numel() * tensor.element_size()
-        return tensor.device, self.to_host(tensor)
-
-    def _unpack(self, packed) -> torch.Tensor:
-        device, tensor = packed
-        return tensor if device is None else self.to_device(tensor, device)
-
-    def to_host(self, tensor: torch.Tensor) -> torch.Tensor:
-        # empty_like keeps the strides of a dense tensor: backward then sees the layout it would have seen (a
-        # contiguous copy of a transposed tensor can take another kernel and round differently)
-        host = torch.empty_like(tensor, device="cpu", pin_memory=self.pin_memory)
-        host.copy_(tensor)
-        return host
-
-    def to_device(self, host: torch.Tensor, device: torch.device) -> torch.Tensor:
-        return host.to(device, non_blocking=self.pin_memory)
-
-
-@contextlib.contextmanager
-def activation_options(unet: nn.Module, mode: str = "none", *, units: str = "layers",
-                       names: Iterable[str] | None = None) -> Iterator[BlockCheckpointing | offload_activations | None]:
-    """What the guidance step keeps for backward: `none`, `checkpoint` (the `units` of `unet_checkpoint_units`,
-    or the modules `names`) or `offload`. Open it around the forward and backward of the guidance step:
-
-    >>> with activation_options(model.unet, "checkpoint"):
-    ...     x = optimise_latent(x, loss_fn, iterations, lr, step)
-    """
-    if mode not in ACTIVATION_MODES:
-        raise ConfigError(f"activation mode must be one of {', '.join(ACTIVATION_MODES)}, got {mode!r}")
-    if mode == "none":
-        yield None
-    elif mode == "checkpoint":
-        with checkpoint_blocks(unet, unet_checkpoint_units(unet, units) if names is None else names) as ckpt:
-            yield ckpt
-    else:
-        with offload_activations(resident=[*unet.parameters(), *unet.buffers()]) as offload:
-            yield offload
 
 
 # ----------------------------------------------------------------------------------------------- counting
@@ -392,7 +67,7 @@ class SavedTensorCounter:
     what they pack from it."""
 
     def __init__(self, exclude: Iterable[torch.Tensor] = (), label: Callable[[], str] | None = None):
-        self._exclude = {id(_storage(t)): _storage(t) for t in exclude}
+        self._exclude = {id(storage_of(t)): storage_of(t) for t in exclude}
         self._seen: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._label = label
         self._hooks = None
@@ -410,7 +85,7 @@ class SavedTensorCounter:
         self._seen = weakref.WeakValueDictionary()
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        storage = _storage(tensor)
+        storage = storage_of(tensor)
         self.tensors += 1
         if id(storage) not in self._exclude and id(storage) not in self._seen:
             self._seen[id(storage)] = storage
@@ -418,7 +93,7 @@ class SavedTensorCounter:
             if self._label is not None:
                 label = self._label()
                 self.by_label[label] = self.by_label.get(label, 0) + storage.nbytes()
-        return _alias(tensor)
+        return saved_alias(tensor)
 
 
 class LiveBytes(TorchDispatchMode):
@@ -461,10 +136,10 @@ class LiveBytes(TorchDispatchMode):
                 return torch.empty(args[0].shape, dtype=kwargs.get("dtype") or args[0].dtype, device=kwargs["device"])
         out = func(*args, **kwargs)
         if not self._paused:
-            inputs = {id(_storage(t)) for t in _tensors((args, kwargs)) if t.layout == torch.strided}
-            for t in _tensors(out):
+            inputs = {id(storage_of(t)) for t in iter_tensors((args, kwargs)) if t.layout == torch.strided}
+            for t in iter_tensors(out):
                 if t.device.type == self.device_type and t.layout == torch.strided:
-                    storage = _storage(t)
+                    storage = storage_of(t)
                     if id(storage) not in inputs and id(storage) not in self._live:
                         self._add(storage)
         return out
@@ -547,7 +222,7 @@ class _SimulatedOffload(offload_activations):
         self._tracker = tracker
 
     def stays(self, tensor):
-        return tensor.device.type != "meta" or id(_storage(tensor)) in self._resident
+        return tensor.device.type != "meta" or id(storage_of(tensor)) in self._resident
 
     def to_host(self, tensor):
         with self._tracker.untracked():
@@ -589,12 +264,12 @@ def _meta_model(unet_config: tuple, vae_config: tuple | None, text_config: tuple
         if m is not None:
             m.requires_grad_(False).eval()
     return TextToVideo(unet=unet, vae=vae, text_encoder=text, tokenizer=None, scheduler_config={}, path=Path("meta"),
-                       identity="meta", defaults=ModelDefaults(*ZEROSCOPE_SIZE, 24), device=torch.device("meta"),
-                       dtype=dtype)
+                       identity="meta", defaults=ModelDefaults(zeroscope.WIDTH, zeroscope.HEIGHT, zeroscope.FRAMES),
+                       device=torch.device("meta"), dtype=dtype)
 
 
-def meta_model(unet_config: dict = ZEROSCOPE_UNET_CONFIG, vae_config: dict | None = ZEROSCOPE_VAE_CONFIG,
-               text_config: dict | None = ZEROSCOPE_TEXT_ENCODER_CONFIG,
+def meta_model(unet_config: dict = zeroscope.UNET_CONFIG, vae_config: dict | None = zeroscope.VAE_CONFIG,
+               text_config: dict | None = zeroscope.TEXT_ENCODER_CONFIG,
                dtype: torch.dtype = torch.float16) -> TextToVideo:
     """The adapter over components built on the meta device from their configs (no weights, no memory).
     Cached: the same object comes back for the same configs; the estimators leave it as they found it."""
@@ -637,12 +312,13 @@ def _text_states(model: TextToVideo, tokens: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------- estimates
 
-def estimate_guided_iteration(unet_config: dict = ZEROSCOPE_UNET_CONFIG, frames: int = 24, height: int = 320,
-                              width: int = 576, dtype: torch.dtype = torch.float16, *, truncate: bool = True,
+def estimate_guided_iteration(unet_config: dict = zeroscope.UNET_CONFIG, frames: int = zeroscope.FRAMES,
+                              height: int = zeroscope.HEIGHT, width: int = zeroscope.WIDTH,
+                              dtype: torch.dtype = torch.float16, *, truncate: bool = True,
                               activations: str = "none", attention: str = "sdpa-fused", units: str = "layers",
                               layers: tuple[str, ...] = DEFAULT_LAYERS, loss: str = "pairwise_cosine",
                               timestep: int = 981, text_tokens: int = 77,
-                              vae_scale: int = ZEROSCOPE_VAE_SCALE) -> dict[str, int]:
+                              vae_scale: int = zeroscope.VAE_SCALE) -> dict[str, int]:
     """Bytes of one guided iteration: the UNet forward with gradients on the latent (stopped after the last
     hooked layer unless `truncate=False`), the motion loss against the source's SMM vectors, backward to the
     latent and the Adam update, as `sampling.optimise_latent` runs them with one iteration.
@@ -679,7 +355,7 @@ def _guided_iteration(model: TextToVideo, frames: int, height: int, width: int, 
     with FeatureHooks(unet, layers, stop_early=truncate) as hooks, _attention(attention, unet):
         with torch.no_grad():                              # the source side, reduced once per timestep
             src = {n: f.mean(dim=(-2, -1)) for n, f in model.features(hooks, x, timestep, cond).items()}
-        inputs = sum(_storage(t).nbytes() for t in (x, cond, *src.values()))
+        inputs = sum(storage_of(t).nbytes() for t in (x, cond, *src.values()))
         counter = SavedTensorCounter(exclude=resident) if activations == "none" else contextlib.nullcontext()
         if activations == "checkpoint":
             option = checkpoint_blocks(unet, unet_checkpoint_units(unet, units),
@@ -714,11 +390,12 @@ def _run_phase(fn: Callable[[], Any], attention: str, *modules) -> int:
     return tracker.peak
 
 
-def estimate_unet_pass(unet_config: dict = ZEROSCOPE_UNET_CONFIG, frames: int = 24, height: int = 320,
-                       width: int = 576, dtype: torch.dtype = torch.float16, *, cfg: bool = True,
+def estimate_unet_pass(unet_config: dict = zeroscope.UNET_CONFIG, frames: int = zeroscope.FRAMES,
+                       height: int = zeroscope.HEIGHT, width: int = zeroscope.WIDTH,
+                       dtype: torch.dtype = torch.float16, *, cfg: bool = True,
                        attention: str = "sdpa-fused", truncate_after: tuple[str, ...] | None = None,
                        timestep: int = 981, text_tokens: int = 77,
-                       vae_scale: int = ZEROSCOPE_VAE_SCALE) -> dict[str, int]:
+                       vae_scale: int = zeroscope.VAE_SCALE) -> dict[str, int]:
     """Bytes of one UNet pass without gradients, through `TextToVideo.predict`: with classifier-free guidance
     (`cfg`, batch 2, as sampling runs it) or without (batch 1, as inversion runs it); or, with `truncate_after`
     (layer names), the truncated pass that computes the source features. Returns weights, peak, total."""
@@ -743,13 +420,14 @@ def _unet_pass(model, frames, height, width, *, cfg, attention, truncate_after, 
     return {"weights": weights, "peak": peak, "total": weights + peak}
 
 
-def estimate_vae(vae_config: dict = ZEROSCOPE_VAE_CONFIG, frames: int = 24, height: int = 320, width: int = 576,
+def estimate_vae(vae_config: dict = zeroscope.VAE_CONFIG, frames: int = zeroscope.FRAMES,
+                 height: int = zeroscope.HEIGHT, width: int = zeroscope.WIDTH,
                  dtype: torch.dtype = torch.float16, *, decode: bool = True, slicing: bool = False,
                  attention: str = "sdpa-fused") -> dict[str, int]:
     """Bytes of `TextToVideo.decode_latents` (or `encode_frames`) of `frames` frames, sliced (one frame at a time)
     or not. The frames (uint8) and latents come and go through the adapter as in a run. Returns weights, peak,
     total."""
-    model = meta_model(ZEROSCOPE_UNET_CONFIG, vae_config, None, dtype)
+    model = meta_model(zeroscope.UNET_CONFIG, vae_config, None, dtype)
     return _vae(model, frames, height, width, decode=decode, slicing=slicing, attention=attention)
 
 
@@ -771,10 +449,10 @@ def _vae(model, frames, height, width, *, decode, slicing, attention):
     return {"weights": weights, "peak": peak, "total": weights + peak}
 
 
-def estimate_text_encoder(text_config: dict = ZEROSCOPE_TEXT_ENCODER_CONFIG, dtype: torch.dtype = torch.float16,
+def estimate_text_encoder(text_config: dict = zeroscope.TEXT_ENCODER_CONFIG, dtype: torch.dtype = torch.float16,
                           *, tokens: int = 77) -> dict[str, int]:
     """Bytes of encoding one prompt. Returns weights, peak, total."""
-    model = meta_model(ZEROSCOPE_UNET_CONFIG, None, text_config, dtype)
+    model = meta_model(zeroscope.UNET_CONFIG, None, text_config, dtype)
     ids = torch.zeros(1, tokens, dtype=torch.long, device="meta")
     peak = _run_phase(lambda: model.text_encoder(ids), "sdpa-math")
     weights = parameter_bytes(model.text_encoder)
@@ -813,9 +491,10 @@ def _phase(name: str, unet_config: tuple, vae_config: tuple, text_config: tuple,
     return {**out, "component": "unet", "component_weights": r["weights"], "activations": r["peak"]}
 
 
-def estimate_run(unet_config: dict = ZEROSCOPE_UNET_CONFIG, vae_config: dict = ZEROSCOPE_VAE_CONFIG,
-                 text_config: dict = ZEROSCOPE_TEXT_ENCODER_CONFIG, frames: int = 24, height: int = 320,
-                 width: int = 576, dtype: torch.dtype = torch.float16, *, truncate: bool = True,
+def estimate_run(unet_config: dict = zeroscope.UNET_CONFIG, vae_config: dict = zeroscope.VAE_CONFIG,
+                 text_config: dict = zeroscope.TEXT_ENCODER_CONFIG, frames: int = zeroscope.FRAMES,
+                 height: int = zeroscope.HEIGHT, width: int = zeroscope.WIDTH,
+                 dtype: torch.dtype = torch.float16, *, truncate: bool = True,
                  activations: str = "none", attention: str = "sdpa-fused", units: str = "layers",
                  vae_slicing: bool = False, cpu_offload: bool = False,
                  kept_latents: int = KEPT_LATENTS) -> dict[str, Any]:
@@ -853,8 +532,6 @@ def estimate_run(unet_config: dict = ZEROSCOPE_UNET_CONFIG, vae_config: dict = Z
             "weights": all_weights}
 
 
-__all__ = ["activation_options", "checkpoint_blocks", "offload_activations", "unet_checkpoint_units",
-           "SavedTensorCounter", "LiveBytes", "fused_attention", "cpu_allocator_peak", "meta_model", "parameter_bytes",
+__all__ = ["SavedTensorCounter", "LiveBytes", "fused_attention", "cpu_allocator_peak", "meta_model", "parameter_bytes",
            "estimate_guided_iteration", "estimate_unet_pass", "estimate_vae", "estimate_text_encoder",
-           "estimate_run", "ACTIVATION_MODES", "ATTENTION_BACKENDS", "ZEROSCOPE_VAE_CONFIG",
-           "ZEROSCOPE_TEXT_ENCODER_CONFIG", "GIB"]
+           "estimate_run", "ATTENTION_BACKENDS", "GIB"]
