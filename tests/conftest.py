@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+from motiontransfer.tools.zeroscope import SCHEDULER_CONFIG
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
 WORDS = ["a", "red", "green", "blue", "star", "circle", "square", "on", "black", "white", "background", "moving"]
-SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-             "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon",
-             "timestep_spacing": "leading"}
+SCHEDULER = SCHEDULER_CONFIG                    # ZeroScope's, as the shipped model's
 
 
 def build_tiny_model(directory: Path, *, seed: int = 0, size: int = 32, frames: int = 4,
