@@ -42,26 +42,21 @@ def _shard(text: str) -> tuple[int, int]:
     return shard
 
 
-def _box(text: str) -> tuple[float, float, float, float]:
-    """"x0,y0,x1,y1" -> four floats."""
-    try:
-        box = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        box = ()
-    if len(box) != 4:
-        raise argparse.ArgumentTypeError("--box takes x0,y0,x1,y1 in pixels of the original video")
-    return box
+def _four(convert, message: str):
+    """An argparse type: "a,b,c,d" -> four values through `convert`; `message` (with {text}) otherwise."""
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(convert(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != 4:
+            raise argparse.ArgumentTypeError(message.format(text=text[:40]))
+        return values
+    return parse
 
 
-def _region(text: str) -> tuple[int, int, int, int]:
-    """"X,Y,W,H" -> four whole pixels."""
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise argparse.ArgumentTypeError(f"expected X,Y,WIDTH,HEIGHT in whole pixels, got {text[:40]!r}")
-    return values
+_box = _four(float, "--box takes x0,y0,x1,y1 in pixels of the original video")
+_region = _four(int, "expected X,Y,WIDTH,HEIGHT in whole pixels, got {text!r}")
 
 
 def parse_key_value(text: str) -> tuple[str, object]:
