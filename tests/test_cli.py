@@ -239,6 +239,12 @@ def test_import_motiontransfer_is_light_and_its_names_load_on_use():
     assert done.stdout.split() == ["True", "True", "motiontransfer.pipeline"], done.stderr
 
 
+def test_reference_switches_are_flags():
+    args = cli.build_parser().parse_args(["transfer", "v.mp4", "--prompt", "p", "--lf-filter", "reference",
+                                          "--vae-encode", "sample"])
+    assert cli._method_options(args) == {"lf_filter": "reference", "vae_encode": "sample"}
+
+
 def test_choices_come_from_the_config():
     from motiontransfer import config
 
@@ -246,6 +252,8 @@ def test_choices_come_from_the_config():
     assert tuple(actions["resize"].choices) == config.RESIZE_POLICIES
     assert tuple(actions["activations"].choices) == config.ACTIVATIONS
     assert tuple(actions["preset"].choices) == tuple(config.PRESETS)
+    assert tuple(actions["lf_filter"].choices) == config.LF_FILTERS
+    assert tuple(actions["vae_encode"].choices) == config.VAE_ENCODINGS
     flags = {a.dest for a in actions.values()}
     assert {f.name for f in dataclasses.fields(config.TransferConfig)} <= flags
 

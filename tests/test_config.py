@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 import yaml
 
-from motiontransfer.config import DEFAULT_LAYERS, PRESETS, TransferConfig, read_yaml, resolve
+from motiontransfer.config import (DEFAULT_LAYERS, PRESETS, REFERENCE_NEGATIVE_PROMPT, TransferConfig, read_yaml,
+                                  resolve)
 from motiontransfer.errors import ConfigError
 
 
@@ -29,6 +30,14 @@ def test_reference_preset_is_the_papers_recipe():
     assert config.inversion_steps == 999 and config.restart is True
     assert (config.steps, config.guidance_window, config.iterations) == (50, (0.0, 0.4), 10)
     assert config.learning_rate == (0.007, 0.004) and config.loss == "pairwise_cosine" and config.init == "lf"
+    assert config.lf_filter == "reference" and config.vae_encode == "sample"
+    assert config.negative_prompt == REFERENCE_NEGATIVE_PROMPT == \
+        "bad quality, distortions, unrealistic, distorted image, watermark, signature"
+
+
+def test_default_preset_keeps_our_filter_encoding_and_the_models_negative_prompt():
+    config, _ = resolve()
+    assert (config.lf_filter, config.vae_encode, config.negative_prompt) == ("lowpass", "mean", None)
 
 
 def test_unknown_preset():
@@ -49,7 +58,8 @@ EVERY_FIELD = {
     "source_prompt": "a red square", "negative_prompt": "blurry", "guidance_scale": 7.5, "steps": 20,
     "inversion_steps": 40, "restart": True, "guidance_window": [0.1, 0.5], "iterations": 3,
     "learning_rate": [0.01, 0.002], "layers": ["up_blocks.1.temp_convs.1", "up_blocks.2.resnets.0"],
-    "layer_weights": [1.0, 0.5], "loss": "smm", "init": "random", "lf_factor": 2, "sdedit_strength": 0.9, "seed": 7, "device": "cpu",
+    "layer_weights": [1.0, 0.5], "loss": "smm", "init": "random", "lf_factor": 2, "lf_filter": "reference",
+    "vae_encode": "sample", "sdedit_strength": 0.9, "seed": 7, "device": "cpu",
     "dtype": "bf16", "allow_unsafe_weights": True, "cache_dir": "/tmp/somewhere", "use_cache": False,
     "vae_slicing": True, "activations": "checkpoint", "cpu_offload": True,
 }
@@ -162,6 +172,8 @@ def test_empty_file_is_the_defaults(tmp_path):
     ({"guidance_scale": -1.0}, "--guidance-scale"),
     ({"iterations": -1}, "--iterations"),
     ({"lf_factor": 0}, "lf_factor"),
+    ({"lf_filter": "bicubic"}, "--lf-filter"),
+    ({"vae_encode": "mode"}, "--vae-encode"),
 ])
 def test_invalid_values_are_config_errors(changes, message):
     with pytest.raises(ConfigError, match=message):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from motiontransfer.initialization import initial_latent, lf_init, low_pass
+from motiontransfer.initialization import initial_latent, lf_init, low_pass, upsample
 
 
 def _x(seed, shape=(1, 4, 3, 16, 16)):
@@ -49,3 +49,27 @@ def test_initial_latent_kinds_and_determinism():
     assert r.shape == shape and abs(r.std().item() - 1) < 0.1
     with pytest.raises(ValueError):
         initial_latent("lf", None, shape, torch.Generator())
+
+
+def test_reference_up_sampling_is_the_reference_quirk_and_lowpass_a_ramp():
+    row = torch.tensor([[[[0.0, 1.0]]]])                                       # (N, C, h, w) = (1, 1, 1, 2)
+    ramp = torch.arange(8) / 7
+    torch.testing.assert_close(upsample(row, (1, 8))[0, 0, 0], ramp)
+    # the reference's: antialias with align_corners shifts toward the top-left and never reaches 1
+    torch.testing.assert_close(upsample(row, (1, 8), "reference")[0, 0, 0],
+                               torch.tensor([0, 0, 0, 0, 1 / 7, 2 / 7, 3 / 7, 4 / 7]))
+    with pytest.raises(ValueError, match="unknown LF filter"):
+        upsample(row, (1, 8), "bicubic")
+
+
+def test_reference_filter_keeps_constants_and_differs_from_the_low_pass():
+    c = torch.full((1, 4, 2, 16, 16), 0.7)
+    torch.testing.assert_close(low_pass(c, 4, "reference"), c)
+    x_T, eps = _x(2), _x(3)
+    ours, theirs = lf_init(x_T, eps, 4), lf_init(x_T, eps, 4, "reference")
+    assert torch.equal(ours, lf_init(x_T, eps, 4, "lowpass"))              # the default is the low-pass
+    torch.testing.assert_close(theirs, low_pass(x_T, 4, "reference") + eps - low_pass(eps, 4, "reference"))
+    assert (theirs - ours).norm() / ours.norm() > 0.05
+    g = torch.Generator()
+    assert torch.equal(initial_latent("lf", x_T, tuple(x_T.shape), g.manual_seed(5), 4, "reference"),
+                       lf_init(x_T, torch.randn(tuple(x_T.shape), generator=g.manual_seed(5)), 4, "reference"))

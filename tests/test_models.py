@@ -83,6 +83,29 @@ def test_encoding_is_per_frame_and_deterministic(model):
     assert not torch.allclose(latents[:, :, 0], latents[:, :, 2])
 
 
+def test_posterior_sample_repeats_under_its_generator_and_changes_with_the_seed(model):
+    frames = moving_square(3, 32)
+    mean = model.encode_frames(frames)
+
+    def sample(seed):
+        return model.encode_frames(frames, generator=torch.Generator().manual_seed(seed))
+
+    a, b = sample(0), sample(1)
+    assert torch.equal(a, sample(0)) and not torch.equal(a, b)
+    assert not torch.allclose(a, mean)
+    # a sample is mean + std * eps, eps ~ N(0, 1) in the layout (F, C, h, w)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+    posterior = model.vae.encode(x).latent_dist
+    eps = torch.randn((3, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    expected = (posterior.mean + posterior.std * eps) * model.scaling_factor
+    torch.testing.assert_close(a, expected.permute(1, 0, 2, 3).unsqueeze(0), atol=1e-5, rtol=1e-5)
+    try:
+        model.vae_slicing = True                                  # one draw for all frames: the same sample
+        torch.testing.assert_close(sample(0), a, atol=1e-5, rtol=1e-5)
+    finally:
+        model.vae_slicing = False
+
+
 def test_vae_slicing_gives_the_same_result(model):
     frames = moving_square(3, 32)
     try:

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import motiontransfer
-from motiontransfer.pipeline import generate, get_model, fill_from_model, load_source
-from motiontransfer.config import TransferConfig
+from motiontransfer.pipeline import _config, generate, get_model, fill_from_model, load_source
+from motiontransfer.config import REFERENCE_NEGATIVE_PROMPT, TransferConfig
+from motiontransfer.errors import ConfigError
 
 from conftest import moving_square
 
@@ -76,8 +77,42 @@ def test_reference_preset_runs_long_inversion_and_restart(opts):
     r = motiontransfer.transfer(moving_square(), "a green star", output_dir=False, seed=0, preset="reference",
                                 iterations=1, **{**opts, "steps": 4})
     assert r.config.inversion_steps == 999 and r.config.restart
+    assert r.config.lf_filter == "reference" and r.config.vae_encode == "sample"
+    assert r.config.negative_prompt == REFERENCE_NEGATIVE_PROMPT       # the tiny model recommends ""
     assert r.history.restarts == 3 and r.history.unet_passes == 7
     assert r.counts["unet_forward"] >= 750          # inversion up to t = 751 with 999 steps
+
+
+def test_negative_prompt_reference_preset_the_references_default_the_models(tiny_model):
+    model = get_model(TransferConfig(model=str(tiny_model)))
+    assert model.defaults.negative_prompt == ""
+
+    def negative(preset, **options):
+        cfg, _, explicit = _config(preset, None, {"model": str(tiny_model), **options})
+        return fill_from_model(cfg, model, explicit).negative_prompt
+
+    assert negative("reference") == REFERENCE_NEGATIVE_PROMPT
+    assert negative("default") == negative(None) == ""
+    assert negative("reference", negative_prompt="blurry") == "blurry"       # a flag still wins
+
+
+def test_posterior_sample_inversion_is_cached_per_seed_and_apart_from_the_mean(opts):
+    video = moving_square()
+
+    def run(seed, vae_encode="sample"):
+        return motiontransfer.transfer(video, "a green star", output_dir=False, seed=seed, vae_encode=vae_encode,
+                                       iterations=1, **opts)
+
+    a, again, other, mean = run(0), run(0), run(1), run(0, "mean")
+    assert not a.inversion_cached and again.inversion_cached and np.array_equal(a.frames, again.frames)
+    assert not other.inversion_cached and not mean.inversion_cached
+    assert not np.array_equal(a.frames, mean.frames)
+    assert run(0, "mean").inversion_cached
+
+
+def test_invert_with_a_posterior_sample_needs_a_seed(opts):
+    with pytest.raises(ConfigError, match="pass --seed"):
+        motiontransfer.invert(moving_square(), vae_encode="sample", fps=8.0, **opts)
 
 
 @pytest.mark.parametrize("target", ["features", "smm"])

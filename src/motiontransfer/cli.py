@@ -113,6 +113,10 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--init", choices=cfg.INITS, help="initial latent (lf, Eq. 4)")
     g.add_argument("--sdedit-strength", type=float, help="with --init sdedit: noise level as a fraction of T (0.6)")
     g.add_argument("--lf-factor", type=int, help="down-sampling factor of the LF filter (4)")
+    g.add_argument("--lf-filter", choices=cfg.LF_FILTERS,
+                   help="LF up-sampling: lowpass (ours) or reference (antialiased, shifted; --preset reference)")
+    g.add_argument("--vae-encode", choices=cfg.VAE_ENCODINGS,
+                   help="source latent: the VAE posterior's mean (ours) or a sample from the seed (reference)")
     g.add_argument("--seed", type=int, help="random seed (default: drawn and recorded in run.json)")
     g = p.add_argument_group("runtime")
     g.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")

@@ -27,6 +27,8 @@ DEFAULT_LAYERS = ("up_blocks.1.resnets.1.conv2", "up_blocks.1.temp_convs.1", "up
 # these.
 LOSSES = ("pairwise_cosine", "pairwise_l2", "smm", "features")       # losses.motion_loss
 INITS = ("lf", "random", "inverted", "sdedit")                         # initialization
+LF_FILTERS = ("lowpass", "reference")                                  # initialization.upsample
+VAE_ENCODINGS = ("mean", "sample")                                     # pipeline.encode_source
 RESIZE_POLICIES = ("crop", "stretch", "pad")                           # video.resize_frames
 DTYPES = ("auto", "fp32", "fp16", "bf16")                              # models.pick_dtype
 ACTIVATION_MODES = ("none", "checkpoint", "offload")                   # activations.activation_options
@@ -49,6 +51,7 @@ class TransferConfig:
     # prompts
     source_prompt: str = ""                       # describes the source video; used for inversion and its features
     negative_prompt: str | None = None            # None: the model's recommendation, else the reference's
+                                                  # (--preset reference sets the reference's)
     guidance_scale: float = 10.0                  # classifier-free guidance scale
     # schedule
     steps: int = 50                               # DDIM sampling steps
@@ -64,7 +67,12 @@ class TransferConfig:
     # initialisation (paper Eq. 4)
     init: str = "lf"                              # lf | random | inverted | sdedit (a baseline)
     lf_factor: int = 4                            # spatial down-sampling factor of the low-pass filter
+    lf_filter: str = "lowpass"                    # lowpass | reference (its antialiased up-sampling, shifted
+                                                  # ~1/3 low-res pixel to the top-left; initialization.py)
     sdedit_strength: float = 0.6                  # init sdedit: noise the source to this fraction of T
+    vae_encode: str = "mean"                      # x_0 of the source: the VAE posterior's mean (deterministic) |
+                                                  # sample (the reference; drawn from the seed, so the inversion
+                                                  # depends on the seed)
     # runtime
     seed: int | None = None                       # None: drawn at run time, then recorded
     device: str = "auto"                          # auto (cuda, mps, cpu) | cpu | cuda | cuda:N | mps
@@ -145,6 +153,9 @@ def validate(c: TransferConfig) -> None:
     need(c.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {c.loss!r}")
     need(c.init in INITS, f"--init must be one of {', '.join(INITS)}, got {c.init!r}")
     need(c.lf_factor >= 1, f"lf_factor must be at least 1, got {c.lf_factor}")
+    need(c.lf_filter in LF_FILTERS, f"--lf-filter must be one of {', '.join(LF_FILTERS)}, got {c.lf_filter!r}")
+    need(c.vae_encode in VAE_ENCODINGS,
+         f"--vae-encode must be one of {', '.join(VAE_ENCODINGS)}, got {c.vae_encode!r}")
     need(0.0 < c.sdedit_strength <= 1.0, f"sdedit_strength must be in (0, 1], got {c.sdedit_strength}")
     need(c.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}")
     need(c.activations in ACTIVATIONS, f"--activations must be one of {', '.join(ACTIVATIONS)}, got {c.activations!r}")
@@ -154,10 +165,13 @@ def validate(c: TransferConfig) -> None:
 PRESETS: dict[str, dict[str, Any]] = {
     # Ours: inversion on the sampling schedule itself (50 UNet passes instead of 999), no restart.
     "default": {},
-    # The public reference recipe, exactly: 999-step inversion, restart after every step.
+    # The public reference recipe: 999-step inversion of a VAE posterior sample, restart after every step, its
+    # LF up-sampling and its negative prompt whatever the model recommends. What still differs, and by how
+    # much: the README's "Where this differs from the reference implementation".
     "reference": {"inversion_steps": 999, "restart": True, "steps": 50, "guidance_window": (0.0, 0.4),
                   "iterations": 10, "learning_rate": (0.007, 0.004), "layers": DEFAULT_LAYERS,
-                  "loss": "pairwise_cosine", "init": "lf", "lf_factor": 4, "guidance_scale": 10.0},
+                  "loss": "pairwise_cosine", "init": "lf", "lf_factor": 4, "lf_filter": "reference",
+                  "vae_encode": "sample", "negative_prompt": REFERENCE_NEGATIVE_PROMPT, "guidance_scale": 10.0},
 }
 
 _TUPLE_FIELDS = {"guidance_window", "learning_rate", "layers", "layer_weights", "region"}

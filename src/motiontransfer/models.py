@@ -260,13 +260,19 @@ class TextToVideo:
 
     # pixels <-> latents ----------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_frames(self, frames: np.ndarray) -> torch.Tensor:
-        """(F, H, W, 3) uint8 -> (1, C, F, h, w): the posterior mean, times the scaling factor (deterministic)."""
+    def encode_frames(self, frames: np.ndarray, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(F, H, W, 3) uint8 -> (1, C, F, h, w), times the scaling factor: the posterior mean (deterministic), or
+        with a CPU `generator` a posterior sample mean + std * eps, eps (F, C, h, w) drawn from it in one call
+        (so `vae_slicing` draws the same sample)."""
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
         x = x.permute(0, 3, 1, 2).to(self.dtype).div(127.5).sub(1.0)            # (F, 3, H, W) in [-1, 1]
         chunk = 1 if self.vae_slicing else len(x)
         with self._running(self.vae) as vae:
-            z = torch.cat([vae.encode(x[i:i + chunk]).latent_dist.mean for i in range(0, len(x), chunk)])
+            posteriors = [vae.encode(x[i:i + chunk]).latent_dist for i in range(0, len(x), chunk)]
+        z = torch.cat([p.mean for p in posteriors])                               # (F, C, h, w)
+        if generator is not None:
+            eps = torch.randn(z.shape, generator=generator, dtype=torch.float32).to(z.device, z.dtype)
+            z = z + torch.cat([p.std for p in posteriors]) * eps
         stats = self._channel_stats(z)
         if stats is not None:                          # diffusers' convention (SDXL): (z - mean) * s / std
             z = (z - stats[0]) / stats[1]

@@ -12,6 +12,7 @@ library versions, the model identity and the guidance losses.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
@@ -186,6 +187,32 @@ def prepare_output_dir(path: Path, overwrite: bool) -> Path:
 
 # ---------------------------------------------------------------------------------------------- inversion
 
+def stream_generator(seed: int, stream: str) -> torch.Generator:
+    """A CPU generator for one named use of the run's seed, on a stream of its own: its draws neither repeat nor
+    shift those of `torch.Generator().manual_seed(seed)` (the initial noise, the restart noise), so a result does
+    not depend on whether this use ran (e.g. an inversion read from the cache). The CPU generator keeps 32 bits
+    of a seed, hence the 32-bit hash."""
+    digest = hashlib.sha256(f"{seed}/{stream}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:4], "little"))
+
+
+def encode_source(model: TextToVideo, frames: np.ndarray, config: TransferConfig) -> torch.Tensor:
+    """x_0 of the source frames (1, C, F, h, w): the VAE posterior's mean, or with `vae_encode: sample` (the
+    reference) a posterior sample drawn from the run's seed."""
+    generator = stream_generator(config.seed, "vae_encode") if config.vae_encode == "sample" else None
+    return model.encode_frames(frames, generator=generator)
+
+
+def inversion_settings(config: TransferConfig, keep: list[int], dtype: torch.dtype) -> dict:
+    """What the inverted latents depend on besides the frames and the model: the inversion cache's key. A
+    posterior sample depends on the seed; the mean's key is the same as before `vae_encode` existed."""
+    settings = {"inversion_steps": config.inversion_steps, "source_prompt": config.source_prompt,
+                "keep": sorted(keep), "dtype": str(dtype)}
+    if config.vae_encode != "mean":
+        settings |= {"vae_encode": config.vae_encode, "seed": config.seed}
+    return settings
+
+
 @dataclass
 class Inverted:
     latents: dict[int, torch.Tensor]          # {t: x_t (1, C, F, h, w)} on the model's device
@@ -195,17 +222,15 @@ class Inverted:
 
 def invert_latents(model: TextToVideo, frames: np.ndarray, config: TransferConfig, keep: list[int], *,
                    progress: bool, timer: Timer, counts: dict) -> Inverted:
-    settings = {"inversion_steps": config.inversion_steps, "source_prompt": config.source_prompt,
-                "keep": sorted(keep), "dtype": str(model.dtype)}
     cache = InversionCache(config.cache_dir)
-    key = cache.key(frames_digest(frames), model.identity, settings)
+    key = cache.key(frames_digest(frames), model.identity, inversion_settings(config, keep, model.dtype))
     if config.use_cache:
         hit = cache.load(key)
         if hit is not None and set(keep) <= set(hit):
             logger.info("reusing the cached inversion %s", cache.path(key))
             return Inverted({t: v.to(model.device) for t, v in hit.items()}, cached=True, key=key)
     with timer("encode"):
-        x0 = model.encode_frames(frames)
+        x0 = encode_source(model, frames, config)
     cond = model.encode_prompts([config.source_prompt])
 
     def predict(x, t):
@@ -301,12 +326,12 @@ def start_latent(model: TextToVideo, source: Video, config: TransferConfig, inve
     """The initial latent (initialization.py) and the index of the sampling step it starts at (0 except for
     SDEdit)."""
     if config.init == "sdedit":
-        x0 = model.encode_frames(source.frames).float().cpu()
+        x0 = encode_source(model, source.frames, config).float().cpu()
         return sdedit_latent(x0, model.scheduler_config, timesteps, config.sdedit_strength, generator)
     shape = (1, model.unet.config.in_channels, config.frames, config.height // model.vae_scale,
              config.width // model.vae_scale)
     x_T = None if inverted is None else inverted.latents[timesteps[0]].cpu()
-    return initial_latent(config.init, x_T, shape, generator, config.lf_factor), 0
+    return initial_latent(config.init, x_T, shape, generator, config.lf_factor, config.lf_filter), 0
 
 
 def generate(model: TextToVideo, source: Video | None, prompts: list[str], config: TransferConfig, *,
@@ -485,6 +510,9 @@ def invert(video: str | Path | np.ndarray, *, quiet: bool = False, preset: str |
            **options) -> InversionResult:
     """Fills the inversion cache for `video`; returns where it is and whether it was there already."""
     cfg, _, explicit = _config(preset, config, options)
+    if cfg.vae_encode == "sample" and cfg.seed is None:
+        raise ConfigError("with vae_encode: sample the inversion depends on the seed; pass --seed, the one the "
+                          "transfers that should reuse this inversion will use")
     model = get_model(cfg)
     cfg = fill_from_model(cfg, model, explicit)
     source = load_source(video, cfg, fps or model.defaults.fps)
