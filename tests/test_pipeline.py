@@ -110,6 +110,21 @@ def test_posterior_sample_inversion_is_cached_per_seed_and_apart_from_the_mean(o
     assert run(0, "mean").inversion_cached
 
 
+def test_inversion_cache_key_names_the_seed_only_for_a_posterior_sample():
+    import torch
+
+    from motiontransfer.pipeline import inversion_settings
+
+    def settings(**changes):
+        return inversion_settings(TransferConfig(inversion_steps=50, **changes), [981, 961], torch.float32)
+
+    # the mean's key is the one cached before vae_encode existed; a sample's holds its seed
+    assert settings(seed=0) == settings(seed=1) == {"inversion_steps": 50, "source_prompt": "", "keep": [961, 981],
+                                                    "dtype": "torch.float32"}
+    assert settings(seed=0, vae_encode="sample") == settings(seed=0) | {"vae_encode": "sample", "seed": 0}
+    assert settings(seed=0, vae_encode="sample") != settings(seed=1, vae_encode="sample")
+
+
 def test_invert_with_a_posterior_sample_needs_a_seed(opts):
     with pytest.raises(ConfigError, match="pass --seed"):
         motiontransfer.invert(moving_square(), vae_encode="sample", fps=8.0, **opts)
