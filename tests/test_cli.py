@@ -215,12 +215,12 @@ try:
     cli.main(sys.argv[1:])
 except SystemExit as e:
     code = e.code
-heavy = sorted(m for m in ("torch", "diffusers", "transformers", "cv2", "av") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "diffusers", "transformers", "cv2", "av", "gradio", "ray") if m in sys.modules)
 print(code, heavy)
 """
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["transfer", "--help"], ["train", "--help"],
+@pytest.mark.parametrize("argv", [["--help"], ["transfer", "--help"], ["train", "--help"], ["ui", "--help"],
                                   ["transfer", "clip.mp4"], ["transfer", "clip.mp4", "--prompt", "x", "--resize", "no"],
                                   ["nonsense"]])
 def test_help_and_argument_errors_import_no_torch(argv):

@@ -213,3 +213,22 @@ def test_invert_returns_where_the_cache_is(opts):
     assert isinstance(first, motiontransfer.InversionResult) and first.cache.is_file()
     assert not first.cached and first.unet_forward > 0
     assert again.cached and again.cache == first.cache and again.unet_forward == 0
+
+
+def test_progress_events_count_inversion_and_sampling_steps_with_the_guidance_loss(opts):
+    events = []
+    results = motiontransfer.transfer_many(moving_square(), ["a green star", "a blue circle"], output_dir=False,
+                                           seed=0, on_progress=events.append, **opts)
+    inversion = [e for e in events if e.phase == "inversion"]
+    assert [e.step for e in inversion] == list(range(1, len(inversion) + 1)) and inversion[-1].total == len(inversion)
+    for k, r in enumerate(results):
+        sampling = [e for e in events if e.phase == "sampling" and e.prompt_index == k]
+        assert [e.step for e in sampling] == list(range(1, 7)) and all(e.total == 6 and e.prompt_count == 2
+                                                                        for e in sampling)
+        losses = [e.loss for e in sampling if e.loss is not None]
+        assert losses == [s.loss_after for s in r.history.guided]
+    # a cache hit has no inversion steps to report
+    events.clear()
+    motiontransfer.transfer(moving_square(), "a green star", output_dir=False, seed=0, on_progress=events.append,
+                            **opts)
+    assert events and not [e for e in events if e.phase == "inversion"]

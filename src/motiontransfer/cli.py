@@ -8,6 +8,7 @@ Each subcommand calls one public function of the library:
     bench-speed       evaluation.speed.bench_speed      demo              shapes.demo.demo
     report            shapes.report.evaluate_model      train             shapes.training.train
     train-classifier  shapes.classifier.train_classifier
+    ui                ui.serve (a Gradio web page)      batch             batch.run_batch (locally or on Ray)
 
 Errors a user can act on print one line on stderr and exit with status 2 (1 for out-of-memory); `--debug`
 shows the traceback.
@@ -254,6 +255,17 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_ui(args) -> int:
+    from .ui import serve
+
+    options = {"cache_dir": args.cache_dir} if args.cache_dir else {}
+    if args.device:
+        options["device"] = args.device
+    print(f"serving on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    serve(args.model, host=args.host, port=args.port, output_dir=args.output_dir, options=options)
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,6 +367,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a TrainConfig field")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (checkpoints move between them)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("ui", parents=[common], help="the web UI (Gradio; needs the `ui` extra)")
+    p.add_argument("--model", help="diffusers-format folder or hub id (default: the shipped shapes model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--output-dir", type=Path, default=Path("outputs/ui"), help="where runs are written")
+    p.add_argument("--cache-dir", help="inversion cache (default: ~/.cache/motiontransfer/inversions)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
+    p.set_defaults(func=cmd_ui)
     return parser
 
 

@@ -39,12 +39,11 @@ def sampling_timesteps(scheduler_config: dict, steps: int) -> list[int]:
     return [int(t) for t in scheduler.timesteps]
 
 
-def ddim_invert(predict: PredictFn, x0: torch.Tensor, scheduler_config: dict, steps: int, keep: list[int], *,
-                progress: bool = True, callback: Callable[[int, int], None] | None = None) -> dict[int, torch.Tensor]:
-    """Inverts x0 (B, C, F, h, w) with `steps` DDIM steps; returns {t: x_t} for every t in `keep`.
+def inversion_schedule(scheduler_config: dict, steps: int, keep: list[int]) -> list[int]:
+    """The timesteps an inversion of `steps` steps visits, ascending, up to the largest kept one.
 
-    The pass stops at the largest kept timestep. Raises ConfigError when a kept timestep is not on the
-    inversion schedule (e.g. 50 sampling steps with 75 inversion steps).
+    Raises ConfigError when a kept timestep is not on the inversion schedule (e.g. 50 sampling steps with 75
+    inversion steps).
     """
     inverse = DDIMInverseScheduler.from_config(scheduler_config)
     inverse.set_timesteps(steps)
@@ -53,8 +52,18 @@ def ddim_invert(predict: PredictFn, x0: torch.Tensor, scheduler_config: dict, st
     if missing:
         raise ConfigError(f"{steps} inversion steps do not reach timesteps {missing[:5]}; use a multiple of the "
                           f"sampling steps for --inversion-steps")
-    last = max(keep)
-    schedule = schedule[:schedule.index(last) + 1]
+    return schedule[:schedule.index(max(keep)) + 1]
+
+
+def ddim_invert(predict: PredictFn, x0: torch.Tensor, scheduler_config: dict, steps: int, keep: list[int], *,
+                progress: bool = True, callback: Callable[[int, int], None] | None = None) -> dict[int, torch.Tensor]:
+    """Inverts x0 (B, C, F, h, w) with `steps` DDIM steps; returns {t: x_t} for every t in `keep`.
+
+    The pass stops at the largest kept timestep (`inversion_schedule`).
+    """
+    inverse = DDIMInverseScheduler.from_config(scheduler_config)
+    schedule = inversion_schedule(scheduler_config, steps, keep)
+    inverse.set_timesteps(steps)
     kept: dict[int, torch.Tensor] = {}
     x = x0
     with torch.no_grad():

@@ -22,7 +22,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from .config import REFERENCE_NEGATIVE_PROMPT, TransferConfig, explicit_keys, re
 from .errors import ConfigError, OutputError, VideoError
 from .features import FeatureHooks
 from .initialization import initial_latent, sdedit_latent
-from .inversion import InversionCache, ddim_invert, sampling_timesteps
+from .inversion import InversionCache, ddim_invert, inversion_schedule, sampling_timesteps
 from .losses import motion_loss, reduce_source
 from .models import TextToVideo, load_model
 from .sampling import SampleHistory, guidance_timesteps, guided_sample
@@ -185,6 +185,25 @@ def prepare_output_dir(path: Path, overwrite: bool) -> Path:
     return check_writable_dir(path)
 
 
+# ---------------------------------------------------------------------------------------------- progress
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One finished step of a long loop, for front ends (the web UI's progress bar): `phase` is "inversion" or
+    "sampling"; `step` counts from 1 to `total`; sampling steps name the prompt (`prompt_index` of
+    `prompt_count`) and, at a guided step, the guidance loss after its optimisation."""
+
+    phase: str
+    step: int
+    total: int
+    prompt_index: int = 0
+    prompt_count: int = 1
+    loss: float | None = None
+
+
+ProgressFn = Callable[[ProgressEvent], None]
+
+
 # ---------------------------------------------------------------------------------------------- inversion
 
 def stream_generator(seed: int, stream: str) -> torch.Generator:
@@ -221,7 +240,7 @@ class Inverted:
 
 
 def invert_latents(model: TextToVideo, frames: np.ndarray, config: TransferConfig, keep: list[int], *,
-                   progress: bool, timer: Timer, counts: dict) -> Inverted:
+                   progress: bool, timer: Timer, counts: dict, on_progress: ProgressFn | None = None) -> Inverted:
     cache = InversionCache(config.cache_dir)
     key = cache.key(frames_digest(frames), model.identity, inversion_settings(config, keep, model.dtype))
     if config.use_cache:
@@ -238,7 +257,14 @@ def invert_latents(model: TextToVideo, frames: np.ndarray, config: TransferConfi
         return model.predict(x, t, cond)
 
     with timer("inversion"):
-        latents = ddim_invert(predict, x0, model.scheduler_config, config.inversion_steps, keep, progress=progress)
+        step = None
+        if on_progress is not None:
+            total = len(inversion_schedule(model.scheduler_config, config.inversion_steps, keep))
+
+            def step(i, t):
+                on_progress(ProgressEvent("inversion", i + 1, total))
+        latents = ddim_invert(predict, x0, model.scheduler_config, config.inversion_steps, keep, progress=progress,
+                              callback=step)
     if config.use_cache:
         try:
             cache.save(key, latents)
@@ -301,6 +327,7 @@ class TargetCalls:
         self.cond, self.uncond, self.counts = cond, uncond, counts
         self.weights = dict(zip(config.layers, config.layer_weights)) if config.layer_weights else None
         self.cfg_batch = 2 if config.guidance_scale != 1.0 else 1
+        self.last_loss, self.last_loss_t = None, None      # the loss `measure` read last, and its timestep
 
     def predict(self, x: torch.Tensor, t: int) -> torch.Tensor:
         self.counts["unet_forward"] += self.cfg_batch
@@ -318,7 +345,8 @@ class TargetCalls:
     def measure(self, x: torch.Tensor, t: int) -> tuple[torch.Tensor, float]:
         self.counts["unet_forward"] += self.cfg_batch
         out, feats = self.model.predict_observed(self.hooks, x, t, self.cond, self.uncond, self.config.guidance_scale)
-        return out, float(motion_loss(self.config.loss, self.source(t), feats, self.weights))
+        self.last_loss, self.last_loss_t = float(motion_loss(self.config.loss, self.source(t), feats, self.weights)), t
+        return out, self.last_loss
 
 
 def start_latent(model: TextToVideo, source: Video, config: TransferConfig, inverted: Inverted | None,
@@ -335,7 +363,8 @@ def start_latent(model: TextToVideo, source: Video, config: TransferConfig, inve
 
 
 def generate(model: TextToVideo, source: Video | None, prompts: list[str], config: TransferConfig, *,
-             progress: bool = True, timer: Timer | None = None) -> list[TransferResult]:
+             progress: bool = True, timer: Timer | None = None,
+             on_progress: ProgressFn | None = None) -> list[TransferResult]:
     """The method on preprocessed frames, for one or more target prompts sharing inversion and source features.
 
     With `source=None` this is plain text-to-video (random init, no guidance): the baseline. Work shared by
@@ -355,7 +384,8 @@ def generate(model: TextToVideo, source: Video | None, prompts: list[str], confi
         inverted = None
         if needs_inversion(config):
             inverted = invert_latents(model, source.frames, config, sorted(set(guided) | {timesteps[0]}),
-                                      progress=progress, timer=shared_timer, counts=shared_counts)
+                                      progress=progress, timer=shared_timer, counts=shared_counts,
+                                      on_progress=on_progress)
         with shared_timer("text"):
             source_cond = model.encode_prompts([config.source_prompt])
             uncond = model.encode_prompts([config.negative_prompt])
@@ -365,12 +395,13 @@ def generate(model: TextToVideo, source: Video | None, prompts: list[str], confi
             calls = TargetCalls(model, hooks, config, source_features, model.encode_prompts([prompt]), uncond, counts)
             generator = torch.Generator().manual_seed(config.seed)
             x_T, first = start_latent(model, source, config, inverted, timesteps, generator)
+            step = _sampling_progress(on_progress, calls, len(timesteps) - first, len(results), len(prompts))
             with timer("sampling"), activation_options(model.unet, activation_mode(config, model)):
                 x0, history = guided_sample(calls.predict, x_T.to(model.device), model.scheduler_config,
                                             config.steps, guidance=calls.guidance, guided=guided,
                                             iterations=config.iterations, learning_rate=config.learning_rate,
                                             restart=config.restart, generator=generator, progress=progress,
-                                            first_step=first, measure=calls.measure)
+                                            first_step=first, measure=calls.measure, callback=step)
             counts["unet_backward"] += history.backward_passes
             with timer("decode"):
                 frames = model.decode_latents(x0)
@@ -379,6 +410,17 @@ def generate(model: TextToVideo, source: Video | None, prompts: list[str], confi
                                           history=history, inversion_cached=bool(inverted and inverted.cached),
                                           source=source.frames))
     return results
+
+
+def _sampling_progress(on_progress: ProgressFn | None, calls: TargetCalls, total: int, index: int, count: int):
+    """guided_sample's step callback as ProgressEvents, with the loss of the step's guidance (if guided)."""
+    if on_progress is None:
+        return None
+
+    def step(i, t, x):
+        loss = calls.last_loss if calls.last_loss_t == t else None
+        on_progress(ProgressEvent("sampling", i + 1, total, index, count, loss))
+    return step
 
 
 def activation_mode(config: TransferConfig, model: TextToVideo) -> str:
@@ -422,7 +464,7 @@ def write_outputs(directory: Path, result: TransferResult, record: dict, *, over
 def transfer(video: str | Path | np.ndarray, prompt: str, *, output_dir: str | Path | None = None,
              overwrite: bool = False, quiet: bool = False, preset: str | None = None,
              config: str | Path | TransferConfig | None = None, fps: float | None = None,
-             **options) -> TransferResult:
+             on_progress: ProgressFn | None = None, **options) -> TransferResult:
     """Motion transfer: `video` (a path, or frames (F, H, W, 3) uint8) re-rendered as `prompt` describes.
 
     `options` are any `TransferConfig` fields (e.g. `steps=25, seed=0`). With `output_dir=None` the result is
@@ -433,16 +475,17 @@ def transfer(video: str | Path | np.ndarray, prompt: str, *, output_dir: str | P
         raise TypeError(f"transfer takes one prompt (a str), got {type(prompt).__name__}; use transfer_many for "
                         f"several")
     return transfer_many(video, [prompt], output_dir=output_dir, overwrite=overwrite, quiet=quiet, preset=preset,
-                         config=config, fps=fps, **options)[0]
+                         config=config, fps=fps, on_progress=on_progress, **options)[0]
 
 
 def transfer_many(video: str | Path | np.ndarray, prompts: list[str], *, output_dir: str | Path | None = None,
                   overwrite: bool = False, quiet: bool = False, preset: str | None = None,
                   config: str | Path | TransferConfig | None = None, fps: float | None = None,
-                  **options) -> list[TransferResult]:
+                  on_progress: ProgressFn | None = None, **options) -> list[TransferResult]:
     """`transfer` for several prompts on one video, in order: they share one inversion and the source features.
 
-    With `output_dir` given and more than one prompt, each result goes to `output_dir/<prompt>`.
+    With `output_dir` given and more than one prompt, each result goes to `output_dir/<prompt>`. `on_progress`
+    is called with a `ProgressEvent` after every inversion and sampling step.
     """
     if isinstance(prompts, str):
         raise TypeError("transfer_many takes a list of prompts; use transfer for one")
@@ -467,7 +510,7 @@ def transfer_many(video: str | Path | np.ndarray, prompts: list[str], *, output_
         cfg = fill_from_model(cfg, model, explicit)
         with timer("read"):
             source = load_source(video, cfg, fps or model.defaults.fps)
-        results = generate(model, source, prompts, cfg, progress=not quiet, timer=timer)
+        results = generate(model, source, prompts, cfg, progress=not quiet, timer=timer, on_progress=on_progress)
     except BaseException:
         for d in directories:                    # leave no empty folder behind a failed run
             if d.is_dir() and not any(d.iterdir()):
@@ -570,4 +613,4 @@ def _config(preset, config, options) -> tuple[TransferConfig, dict, set[str]]:
 
 
 __all__ = ["transfer", "transfer_many", "invert", "analyze", "text_to_video", "environment", "generate",
-           "TransferResult", "InversionResult", "ModelCache", "MODELS", "get_model"]
+           "TransferResult", "InversionResult", "ProgressEvent", "ModelCache", "MODELS", "get_model"]
