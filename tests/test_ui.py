@@ -129,13 +129,18 @@ def test_the_page_runs_a_transfer_in_headless_chromium(tiny_model, tmp_path, cli
         with sync_playwright() as p:
             # launch() gives the browser a fresh temporary profile of its own
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page = browser.new_page(viewport={"width": 1280, "height": 960})
             page.goto(f"http://127.0.0.1:{port}/")
 
             def shot(name: str) -> None:
                 if shots:
+                    page.evaluate("window.scrollTo(0, 0)")
                     shots.mkdir(parents=True, exist_ok=True)
-                    page.screenshot(path=str(shots / f"{name}.png"))
+                    from PIL import Image
+
+                    path = shots / f"{name}.png"
+                    page.screenshot(path=str(path))
+                    Image.open(path).convert("RGB").quantize(64).save(path, optimize=True)   # small PNGs
 
             # the page: an upload and a prompt field
             upload = page.locator("#source-video input[type=file]")
@@ -151,6 +156,7 @@ def test_the_page_runs_a_transfer_in_headless_chromium(tiny_model, tmp_path, cli
             page.get_by_text("options", exact=True).click()
             page.locator("#opt-steps input").fill(str(steps))
             page.locator("#opt-seed input").fill("1")
+            page.get_by_text("options", exact=True).click()           # closed again
             shot("1-upload")
 
             page.locator("#run").click()

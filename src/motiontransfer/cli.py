@@ -266,6 +266,20 @@ def cmd_ui(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    from .batch import run_batch
+
+    options = _method_options(args)
+    options.update({k: v for k, v in (("preset", args.preset), ("config", args.config), ("fps", args.fps))
+                    if v is not None})
+    records = run_batch(args.jobs, args.output_dir, options=options, quiet=args.quiet, ray_address=args.ray,
+                        num_gpus=args.gpus_per_job)
+    counts = {s: sum(r["status"] == s for r in records) for s in ("done", "skipped", "failed")}
+    print(f"{counts['done']} done, {counts['skipped']} skipped (done before), {counts['failed']} failed; "
+          f"summary: {args.output_dir / 'summary.md'}")
+    return 1 if counts["failed"] else 0
+
+
 # ----------------------------------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -376,6 +390,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="inversion cache (default: ~/.cache/motiontransfer/inversions)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("batch", parents=[common], help="run a YAML file of jobs, here or on a Ray cluster (resumable)",
+                       description="Runs every job of JOBS not yet done in --output-dir; the transfer options "
+                                   "below apply to every job (a job's own options win).")
+    p.add_argument("jobs", type=Path, help="YAML file: jobs of video, prompts and options")
+    p.add_argument("--output-dir", type=Path, required=True)
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the jobs as Ray tasks: alone, on a new local cluster; or ADDRESS (auto, "
+                        "ray://host:10001); needs the `batch` extra")
+    p.add_argument("--gpus-per-job", type=float, help="with --ray (default: 1 if the cluster has GPUs, else 0)")
+    _add_method_options(p)
+    p.set_defaults(func=cmd_batch)
     return parser
 
 

@@ -221,6 +221,7 @@ class App:
                     prompts = gr.Textbox(label="target prompts, one per line", lines=2, elem_id="prompts",
                                          placeholder="a green star on a black background")
                     source_prompt = gr.Textbox(label="source prompt (optional)", elem_id="source-prompt")
+                    run = gr.Button("Run", variant="primary", elem_id="run")
                     with gr.Accordion("options", open=False):
                         preset = gr.Dropdown(choices=list(PRESETS), value="default", label="preset")
                         init = gr.Dropdown(choices=[AUTO, *INITS], value=AUTO, label="initial latent")
@@ -228,7 +229,6 @@ class App:
                         numbers = {name: gr.Number(value=0 if name == "seed" else getattr(defaults, name),
                                                    label=label, elem_id=f"opt-{name}")
                                    for label, name in NUMBER_OPTIONS}
-                    run = gr.Button("Run", variant="primary", elem_id="run")
                 with gr.Column(scale=1):
                     with gr.Row():
                         source_out = gr.Video(label="source (as used)", elem_id="source-out", interactive=False)
@@ -259,7 +259,8 @@ class App:
                 example.change(lambda caption: examples.get(caption), example, video)
             run.click(guarded(on_run), [video, prompts, source_prompt, preset, start, stride, frames, init, loss,
                                         *numbers.values()],
-                      [source_out, result_out, scores, plot, files, record], concurrency_limit=1)
+                      [source_out, result_out, scores, plot, files, record], concurrency_limit=1,
+                      show_progress_on=[result_out])
         demo.queue(default_concurrency_limit=1)
         return demo
 

@@ -1,0 +1,195 @@
+"""`motiontransfer batch JOBS.yaml`: many (video, prompts, options) jobs, here one after another or as Ray tasks.
+
+    motiontransfer batch jobs.yaml --output-dir runs/batch --steps 25          # here
+    motiontransfer batch jobs.yaml --output-dir runs/batch --ray local         # a Ray cluster on this machine
+    motiontransfer batch jobs.yaml --output-dir /shared/runs --ray auto        # the cluster `ray start` joined
+
+Jobs file (YAML; video paths relative to it):
+
+    options: {steps: 25}            # optional: TransferConfig fields for every job
+    tracker: lk                     # optional: the motion-fidelity tracker (lk, flow for flat-coloured objects)
+    jobs:
+      - name: car                   # optional; default job-NN
+        video: clips/car.mp4
+        prompts: [a red bike on a road, a horse on a road]      # or  prompt: a red bike on a road
+        options: {seed: 0, source_prompt: a car on a road}      # optional: this job's own options
+
+Options, later wins: the file's `options`, those given on the command line, the job's own. A job's prompts
+share one inversion (`transfer_many`); its results go to `OUTPUT/<job>/` (one folder per prompt when it has
+several), each scored against its source (`evaluation.metrics.score_videos`), and `OUTPUT/<job>/job.json` is
+written last: a job with it is done and is skipped by the next run (resumable). A failed job is reported and
+the others go on; a next run tries it again. After every job, `summary.csv` and `summary.md` list per job and
+prompt the status, the seconds, the scores and the result's folder.
+
+With Ray the job function is the same (`run_job`), one task per job with one GPU each when the cluster has
+GPUs (else one CPU each); the output folder and the videos must be on a file system every node sees.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, MotionTransferError
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = ("job", "prompt", "status", "seconds", "motion_fidelity", "motion_fidelity_one_sided", "seed",
+                   "output", "error")
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    video: str                                   # absolute path
+    prompts: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)     # this job's TransferConfig fields, resolved
+    tracker: str = "lk"
+
+
+def load_jobs(path: str | Path, options: dict | None = None) -> list[Job]:
+    """Reads a jobs file; `options` (the command line's) go over the file's and under each job's own."""
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"jobs file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"jobs file {path} is not valid YAML: {e}") from None
+    if isinstance(spec, list):
+        spec = {"jobs": spec}
+    if not isinstance(spec, dict) or not isinstance(spec.get("jobs"), list) or not spec["jobs"]:
+        raise ConfigError(f"jobs file {path} needs a list of jobs (`jobs:`), each with a video and prompts")
+    unknown = set(spec) - {"jobs", "options", "tracker"}
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {path}: {', '.join(sorted(unknown))}")
+    shared = {**(spec.get("options") or {}), **(options or {})}
+    jobs, names = [], set()
+    for i, j in enumerate(spec["jobs"]):
+        if not isinstance(j, dict):
+            raise ConfigError(f"job {i} in {path} must be a mapping with video and prompts")
+        unknown = set(j) - {"name", "video", "prompt", "prompts", "options"}
+        if unknown:
+            raise ConfigError(f"unknown key(s) in job {i} of {path}: {', '.join(sorted(unknown))}")
+        name = str(j.get("name", f"job-{i:02d}"))
+        if name in names or "/" in name or name in ("", ".", ".."):
+            raise ConfigError(f"job name {name!r} in {path} is repeated or not a folder name")
+        names.add(name)
+        prompts = j.get("prompts", [j["prompt"]] if "prompt" in j else [])
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if "video" not in j or not prompts:
+            raise ConfigError(f"job {name} in {path} needs a video and at least one prompt")
+        jobs.append(Job(name=name, video=str((path.parent / str(j["video"])).resolve()),
+                        prompts=tuple(str(p) for p in prompts), options={**shared, **(j.get("options") or {})},
+                        tracker=str(spec.get("tracker", "lk"))))
+    return jobs
+
+
+def run_job(job: Job, output_dir: str | Path, quiet: bool = True) -> dict:
+    """One job: its prompts through `transfer_many` (one inversion), each result scored; writes job.json last
+    and returns it. Runs the same here and in a Ray worker."""
+    from .evaluation.metrics import score_videos
+    from .pipeline import transfer_many
+
+    directory = Path(output_dir) / job.name
+    start = time.perf_counter()
+    # an unfinished job's folders are this batch's own: they are replaced
+    results = transfer_many(job.video, list(job.prompts), output_dir=directory, overwrite=True, quiet=quiet,
+                            **job.options)
+    rows = []
+    for r in results:
+        scores = score_videos(r.source, r.frames, tracker=job.tracker)
+        rows.append({"prompt": r.prompt, "seconds": round(sum(r.timings.values()), 3), "seed": r.seed,
+                     "motion_fidelity": scores["motion_fidelity"],
+                     "motion_fidelity_one_sided": scores["motion_fidelity_one_sided"],
+                     "output": str(r.output_dir)})
+    record = {"job": job.name, "video": job.video, "status": "done", "options": job.options,
+              "seconds": round(time.perf_counter() - start, 3), "results": rows}
+    from .video import atomic_write_text
+
+    atomic_write_text(directory / "job.json", json.dumps(record, indent=2, default=str))
+    return record
+
+
+def _run_job_task(args: tuple[Job, str, bool]) -> dict:
+    """`run_job` on one tuple: the function Ray runs (module level, so workers import it)."""
+    return run_job(*args)
+
+
+def run_batch(jobs_file: str | Path, output_dir: str | Path, *, options: dict | None = None, quiet: bool = True,
+              ray_address: str | None = None, num_gpus: float | None = None,
+              ray_init: dict | None = None) -> list[dict]:
+    """Runs every job of `jobs_file` not yet done in `output_dir`, here or (`ray_address`) as Ray tasks, and
+    writes summary.csv / summary.md. Returns one record per job (status done, skipped or failed)."""
+    from .engine import run_tasks
+
+    jobs = load_jobs(jobs_file, options)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records: dict[str, dict] = {}
+    todo = []
+    for job in jobs:
+        done = out / job.name / "job.json"
+        if done.exists():
+            records[job.name] = {**json.loads(done.read_text()), "status": "skipped"}
+            logger.info("%s: done before, skipped", job.name)
+        else:
+            todo.append(job)
+    write_summary(out, [records[j.name] for j in jobs if j.name in records])
+    for (job, _, _), outcome in run_tasks(_run_job_task, [(j, str(out), quiet) for j in todo],
+                                          ray_address=ray_address, num_gpus=num_gpus, ray_init=ray_init):
+        if isinstance(outcome, BaseException):
+            message = str(outcome) if isinstance(outcome, MotionTransferError) else \
+                f"{type(outcome).__name__}: {outcome}"
+            records[job.name] = {"job": job.name, "video": job.video, "status": "failed",
+                                 "error": message.strip().splitlines()[-1] if message.strip() else message,
+                                 "results": [{"prompt": p} for p in job.prompts]}
+            logger.warning("%s failed: %s", job.name, records[job.name]["error"])
+        else:
+            records[job.name] = outcome
+            logger.info("%s done in %.1f s", job.name, outcome["seconds"])
+        write_summary(out, [records[j.name] for j in jobs if j.name in records])
+    return [records[j.name] for j in jobs]
+
+
+def summary_rows(records: list[dict]) -> list[dict]:
+    """One row per job and prompt, with the SUMMARY_COLUMNS."""
+    rows = []
+    for rec in records:
+        for r in rec.get("results") or [{}]:
+            row = {"job": rec["job"], "status": rec["status"], "error": rec.get("error", ""), **r}
+            rows.append({c: _cell(row.get(c)) for c in SUMMARY_COLUMNS})
+    return rows
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def write_summary(out: Path, records: list[dict]) -> None:
+    from .video import atomic_write_text
+
+    rows = summary_rows(records)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "summary.csv", text.getvalue())
+    lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
+    lines += ["| " + " | ".join(r[c].replace("|", "\\|") for c in SUMMARY_COLUMNS) + " |" for r in rows]
+    atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
+
+
+__all__ = ["Job", "load_jobs", "run_job", "run_batch", "summary_rows", "write_summary"]
