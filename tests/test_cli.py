@@ -221,6 +221,7 @@ print(code, heavy)
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["transfer", "--help"], ["train", "--help"], ["ui", "--help"],
+                                  ["batch", "--help"],
                                   ["transfer", "clip.mp4"], ["transfer", "clip.mp4", "--prompt", "x", "--resize", "no"],
                                   ["nonsense"]])
 def test_help_and_argument_errors_import_no_torch(argv):

@@ -9,7 +9,7 @@ one screenshot per state into DIR (how docs/ui/*.png are made: see the README).
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import socket
 from pathlib import Path
 
@@ -161,8 +161,9 @@ def test_the_page_runs_a_transfer_in_headless_chromium(tiny_model, tmp_path, cli
 
             page.locator("#run").click()
             # progress (inversion, then sampling with the guidance loss) while it runs
-            expect(page.get_by_text("sampling: step").or_(page.get_by_text("inversion: step")).first) \
-                .to_be_visible(timeout=60_000)
+            running = page.get_by_text(re.compile(r"sampling: step \d+/\d+, guidance loss")) if shots else \
+                page.get_by_text("sampling: step").or_(page.get_by_text("inversion: step"))
+            expect(running.first).to_be_visible(timeout=120_000)
             shot("2-running")
             expect(page.locator("#result video")).to_have_count(1, timeout=300_000)
             expect(page.locator("#scores")).to_contain_text("motion fidelity")

@@ -31,18 +31,6 @@ from .errors import MotionTransferError
 
 # ------------------------------------------------------------------------------------------------ value types
 
-def _shard(text: str) -> tuple[int, int]:
-    """"I/N" -> (I, N), 0 <= I < N."""
-    i, sep, n = text.partition("/")
-    try:
-        shard = int(i), int(n)
-    except ValueError:
-        shard = None
-    if not sep or shard is None or not 0 <= shard[0] < shard[1]:
-        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
-    return shard
-
-
 def _four(convert, message: str):
     """An argparse type: "a,b,c,d" -> four values through `convert`; `message` (with {text}) otherwise."""
     def parse(text: str) -> tuple:
@@ -194,12 +182,8 @@ def cmd_bench(args) -> int:
     from .evaluation.suite import bench_suite, markdown_table
 
     summary = bench_suite(args.suite, args.output_dir, methods=args.methods, limit=args.limit, quiet=args.quiet,
-                          shard=args.shard, options=dict(args.option or []))
-    if args.shard:
-        print(f"shard {args.shard[0]}/{args.shard[1]}: {summary['cases']} cases done; run again without --shard "
-              f"to write the summary")
-    else:
-        print(markdown_table(summary["rows"], summary["text_fidelity"]))
+                          options=dict(args.option or []), ray_address=args.ray)
+    print(markdown_table(summary["rows"], summary["text_fidelity"]))
     return 0
 
 
@@ -327,8 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="first N cases only")
     p.add_argument("--option", type=parse_key_value, action="append", metavar="KEY=VALUE",
                    help="a transfer option for every method, over the suite's (YAML value; repeatable)")
-    p.add_argument("--shard", type=_shard, metavar="I/N",
-                   help="only cases i mod n (for parallel runs into one --output-dir; no summary)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the (case, method) pairs as Ray tasks: alone, on a new local cluster (one task per "
+                        "CPU or GPU); or ADDRESS (auto, ray://host:10001); needs the `batch` extra")
     p.add_argument("--methods", nargs="+", help="methods to run (default: all)")
     p.add_argument("--output-dir", type=Path, required=True)
     p.set_defaults(func=cmd_bench)

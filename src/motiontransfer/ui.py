@@ -17,6 +17,7 @@ page, never as tracebacks (those go to the server's log).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -144,6 +145,7 @@ class App:
         """
         from .evaluation.metrics import score_videos
         from .pipeline import slug, transfer_many
+        from .video import write_video
 
         if not video:
             raise MotionTransferError("no video: upload one or pick an example")
@@ -160,8 +162,6 @@ class App:
                                 on_progress=_progress_text(progress) if progress else None, **options)
         shown = []
         for r in results:
-            from .video import write_video
-
             write_video(r.output_dir / "source.mp4", r.source, r.fps, min_size=256)
             scores = score_videos(r.source, r.frames, tracker="flow" if self.shipped else "lk")
             lines = ["| prompt | motion fidelity | one-sided | seconds | inversion |", "|---|---|---|---|---|",
@@ -190,6 +190,7 @@ class App:
 
         def guarded(fn):
             """Errors as messages: a MotionTransferError's own words, anything else named (traceback logged)."""
+            @functools.wraps(fn)                  # keeps the signature: Gradio finds the gr.Progress argument
             def call(*args, **kwargs):
                 try:
                     return fn(*args, **kwargs)
@@ -198,7 +199,6 @@ class App:
                 except Exception as e:                               # noqa: BLE001 - shown, and logged
                     logger.exception("the UI's %s failed", fn.__name__)
                     raise gr.Error(f"{type(e).__name__}: {e}", duration=None) from None
-            call.__name__ = fn.__name__
             return call
 
         with gr.Blocks(title="motiontransfer") as demo:
@@ -207,7 +207,7 @@ class App:
                         f"({self.defaults.frames} frames of {self.defaults.width}x{self.defaults.height}).")
             with gr.Row():
                 with gr.Column(scale=1):
-                    video = gr.Video(label="source video", sources=["upload"], elem_id="source-video")
+                    video = gr.Video(label="source video", sources=["upload"], elem_id="source-video", height=260)
                     if examples:
                         example = gr.Dropdown(choices=list(examples), value=None, label="or a bundled example",
                                               elem_id="example")
@@ -231,8 +231,9 @@ class App:
                                    for label, name in NUMBER_OPTIONS}
                 with gr.Column(scale=1):
                     with gr.Row():
-                        source_out = gr.Video(label="source (as used)", elem_id="source-out", interactive=False)
-                        result_out = gr.Video(label="result", elem_id="result", interactive=False)
+                        source_out = gr.Video(label="source (as used)", elem_id="source-out", interactive=False,
+                                              height=260)
+                        result_out = gr.Video(label="result", elem_id="result", interactive=False, height=260)
                     scores = gr.Markdown(elem_id="scores")
                     plot = gr.Image(label="object paths (source and result)", visible=self.shipped,
                                     elem_id="plot", interactive=False)

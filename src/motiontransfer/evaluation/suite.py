@@ -19,7 +19,8 @@ Suite format (YAML; paths relative to the file):
         box: [10, 20, 200, 150]    # optional first-frame box of the object (x0, y0, x1, y1 pixels) for scoring
 
 Every (case, method) result is written to `cases/<case>/<method>.json` as soon as it is done; a second run
-skips what is there (resumable). The summary goes to results.json, results.md and scatter.png.
+skips what is there (resumable). The summary goes to results.json, results.md and scatter.png. With `--ray`
+the (case, method) pairs run as Ray tasks (`engine.run_tasks`), on a local cluster or a remote one.
 """
 
 from __future__ import annotations
@@ -222,18 +223,34 @@ def scatter(rows: list[dict], path: Path, title: str, text_kind: str) -> None:
     plt.close(fig)
 
 
+def bench_task(item: tuple[Case, str, dict, int, int, str]) -> dict:
+    """One (case, method, spec, seed, grid, output folder): run, score, write `cases/<case>/<method>.json` (and
+    its video), return the record. The job function of `engine.run_tasks`, here and in a Ray worker alike."""
+    case, method, spec, seed, grid, out = item
+    record, frames = run_case(case, method, spec, seed)
+    record.update(score_case(case, frames, spec, grid))
+    path = Path(out) / "cases" / case.name / f"{method}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_video(path.with_suffix(".mp4"), frames, case.fps, min_size=128)
+    atomic_write_text(path, json.dumps(record, indent=2))
+    return record
+
+
 def bench_suite(suite: str | Path, output_dir: str | Path, *, methods: list[str] | None = None,
                 limit: int | None = None, seed: int = 0, grid: int = 30, quiet: bool = False,
-                shard: tuple[int, int] | None = None, options: dict | None = None) -> dict:
+                options: dict | None = None, ray_address: str | None = None,
+                ray_init: dict | None = None) -> dict:
     """Runs every case through every method, scores them, and writes results.json/.md and scatter.png.
 
-    Each finished case is kept (`cases/<case>/<method>.json`) and not run again. `shard=(i, n)` runs only the
-    cases whose index is i modulo n and writes no summary: n such runs can share one output folder on n cores,
-    and a last run without a shard, finding every case done, writes the summary. `options` (TransferConfig
-    fields) override the suite's `options`; each method's own changes still apply on top.
+    Each finished (case, method) is kept (`cases/<case>/<method>.json`) and not run again. The pairs run one
+    after another here, or with `ray_address` as Ray tasks on a cluster (`engine.run_tasks`: "local" starts one
+    on this machine, one task per CPU or GPU; `ray_init` goes to `ray.init`), with the same outputs. `options`
+    (TransferConfig fields) override the suite's `options`; each method's own changes still apply on top.
 
-    Returns the summary: suite, cases, methods, seed, grid, text_fidelity ("clip" or "attributes"), shard
-    ([i, n] or None), rows (per method; None for a shard) and records (per case and method)."""
+    Returns the summary: suite, cases, methods, seed, grid, text_fidelity ("clip" or "attributes"), rows (per
+    method) and records (per case and method)."""
+    from ..engine import run_tasks
+
     methods = methods or list(METHODS)
     bad = [m for m in methods if m not in METHODS]
     if bad:
@@ -242,35 +259,31 @@ def bench_suite(suite: str | Path, output_dir: str | Path, *, methods: list[str]
     if options:
         spec["options"] = {**(spec.get("options") or {}), **options}
     cases = cases[:limit] if limit else cases
-    if shard is not None:
-        i, n = shard
-        if not 0 <= i < n:
-            raise ConfigError(f"shard {i}/{n}: need 0 <= i < n")
     out = Path(output_dir)
     (out / "cases").mkdir(parents=True, exist_ok=True)
-    records = []
-    jobs = [(c, m) for k, c in enumerate(cases) for m in methods if shard is None or k % shard[1] == shard[0]]
-    for case, method in tqdm(jobs, desc="bench", disable=quiet, dynamic_ncols=True):
-        path = out / "cases" / case.name / f"{method}.json"
-        if path.exists():
-            records.append(json.loads(path.read_text()))
-            continue
-        record, frames = run_case(case, method, spec, seed)
-        record.update(score_case(case, frames, spec, grid))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_video(path.with_suffix(".mp4"), frames, case.fps, min_size=128)
-        atomic_write_text(path, json.dumps(record, indent=2))
-        records.append(record)
+    done: dict[tuple[str, str], dict] = {}
+    todo = []
+    for case in cases:
+        for method in methods:
+            path = out / "cases" / case.name / f"{method}.json"
+            if path.exists():
+                done[case.name, method] = json.loads(path.read_text())
+            else:
+                todo.append((case, method, spec, seed, grid, str(out)))
+    with tqdm(total=len(todo), desc="bench", disable=quiet, dynamic_ncols=True) as bar:
+        for (case, method, *_), outcome in run_tasks(bench_task, todo, ray_address=ray_address, ray_init=ray_init):
+            if isinstance(outcome, BaseException):
+                raise outcome
+            done[case.name, method] = outcome
+            bar.update()
+    records = [done[c.name, m] for c in cases for m in methods]
     text_kind = spec.get("text_fidelity", "clip")
-    summary = {"suite": spec.get("name", str(suite)), "cases": len(jobs) // len(methods), "methods": methods,
-               "seed": seed, "grid": grid, "text_fidelity": text_kind,
-               "shard": list(shard) if shard is not None else None, "rows": None, "records": records}
-    if shard is not None:
-        return summary
+    summary = {"suite": spec.get("name", str(suite)), "cases": len(cases), "methods": methods,
+               "seed": seed, "grid": grid, "text_fidelity": text_kind, "rows": None, "records": records}
     summary["rows"] = rows = summarise(records, methods)
     atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
     atomic_write_text(out / "results.md", markdown_table(rows, text_kind))
     scatter(rows, out / "scatter.png", f"{summary['suite']}: {len(cases)} cases", text_kind)
     return summary
 
-__all__ = ["METHODS", "Case", "bench_suite", "load_suite", "markdown_table", "score_case", "run_case"]
+__all__ = ["METHODS", "Case", "bench_suite", "bench_task", "load_suite", "markdown_table", "score_case", "run_case"]
