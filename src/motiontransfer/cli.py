@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s")
-    for noisy in ("diffusers", "transformers", "huggingface_hub", "PIL", "matplotlib"):
+    for noisy in ("diffusers", "transformers", "huggingface_hub", "PIL", "matplotlib", "httpx", "ray"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.debug else logging.ERROR)
     if not args.debug:
         _quiet_libraries()
