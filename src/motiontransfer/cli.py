@@ -132,6 +132,24 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
                    help="keep the text encoder and VAE on the CPU except while they run (GPU memory)")
 
 
+def _add_limit_options(p: argparse.ArgumentParser) -> None:
+    """`config.InputLimits`: checked from the input's header before anything is decoded."""
+    g = p.add_argument_group("input limits (checked before decoding)")
+    defaults = cfg.InputLimits()
+    g.add_argument("--max-frames", type=int, help=f"frames read from a video ({defaults.max_frames})")
+    g.add_argument("--max-frame-pixels", type=int,
+                   help=f"width x height of one frame ({defaults.max_frame_pixels:,})")
+    g.add_argument("--max-total-pixels", type=int,
+                   help=f"frames read x pixels per frame ({defaults.max_total_pixels:,})")
+    g.add_argument("--max-file-mb", type=float, help=f"input file size in MB ({defaults.max_file_mb:g})")
+
+
+def _limits(args) -> "cfg.InputLimits | None":
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cfg.InputLimits)
+             if getattr(args, f.name, None) is not None}
+    return cfg.InputLimits(**given) if given else None
+
+
 def _add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", type=Path, help="where to write (default: outputs/<video>-<prompt>)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an earlier result there")
@@ -144,7 +162,8 @@ def _method_options(args) -> dict:
 
 
 def _run_options(args) -> dict:
-    out = {"quiet": args.quiet, "preset": args.preset, "config": args.config, "fps": args.fps}
+    out = {"quiet": args.quiet, "preset": args.preset, "config": args.config, "fps": args.fps,
+           "limits": _limits(args)}
     if getattr(args, "output_dir", None) is not None:
         out["output_dir"] = args.output_dir
     if getattr(args, "overwrite", None):
@@ -167,7 +186,7 @@ def cmd_invert(args) -> int:
 
     opts = _run_options(args)
     done = invert(args.video, quiet=opts["quiet"], preset=opts["preset"], config=opts["config"], fps=opts["fps"],
-                  **_method_options(args))
+                  limits=opts["limits"], **_method_options(args))
     print(("cache hit: " if done.cached else "inverted: ") + str(done.cache))
     return 0
 
@@ -184,7 +203,8 @@ def cmd_score(args) -> int:
     from .evaluation.metrics import score_files
 
     result = score_files(args.original, args.edited, mask=args.mask, box=args.box, tracker=args.tracker,
-                         grid=args.grid, cotracker_checkpoint=args.cotracker_checkpoint, output=args.output)
+                         grid=args.grid, cotracker_checkpoint=args.cotracker_checkpoint, output=args.output,
+                         limits=_limits(args))
     print(json.dumps(result, indent=2))
     return 0
 
@@ -213,7 +233,7 @@ def cmd_demo(args) -> int:
     from .shapes.demo import demo
 
     done = demo(video=args.video, prompt=args.prompt, output_dir=args.output_dir, overwrite=bool(args.overwrite),
-                seed=args.seed, quiet=args.quiet)
+                seed=args.seed, quiet=args.quiet, limits=_limits(args))
     print(f"wrote {done.output_dir}")
     return 0
 
@@ -268,12 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video", help="video file (.mp4 .mov .avi .webm .gif) or a folder of numbered images")
     p.add_argument("--prompt", action="append", required=True, help="target prompt; repeat for several")
     _add_method_options(p)
+    _add_limit_options(p)
     _add_output_options(p)
     p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("invert", parents=[common], help="DDIM-invert a video into the cache only")
     p.add_argument("video")
     _add_method_options(p)
+    _add_limit_options(p)
     p.set_defaults(func=cmd_invert)
 
     p = sub.add_parser("analyze", parents=[common], help="feature inversion (paper Eq. 1), one video per seed")
@@ -281,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=["features", "smm"], default="smm", help="what to match (smm)")
     p.add_argument("--seeds", type=int, default=3, help="how many seeds, 0..N-1 (3)")
     _add_method_options(p)
+    _add_limit_options(p)
     _add_output_options(p)
     p.set_defaults(func=cmd_analyze)
 
@@ -294,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", type=int, default=55, help="query grid side (55, as the reference)")
     p.add_argument("--cotracker-checkpoint", type=Path)
     p.add_argument("--output", type=Path, help="also write the JSON here")
+    _add_limit_options(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("bench", parents=[common], help="run a suite of cases through several methods")
@@ -319,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", type=Path, default=Path("outputs/demo"))
     p.add_argument("--overwrite", action="store_true")
+    _add_limit_options(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("env", parents=[common], help="versions, device and threads")

@@ -36,6 +36,24 @@ ACTIVATIONS = ("auto",) + ACTIVATION_MODES                             # auto: c
 
 
 @dataclass(frozen=True)
+class InputLimits:
+    """What an input may hold, checked from its header before anything is decoded (`video.read_video`).
+    The defaults fit a long HD clip in a few GB; raise them with --max-frames, --max-frame-pixels,
+    --max-total-pixels, --max-file-mb."""
+
+    max_frames: int = 2000                        # frames read (after --start and --stride)
+    max_frame_pixels: int = 36_000_000            # width x height of one frame (8K UHD is 33.2 M)
+    max_total_pixels: int = 600_000_000           # frames read x pixels per frame (1.8 GB as uint8 RGB)
+    max_file_mb: float = 4096.0                   # size of the file, or of all the images of a folder, in MB
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be a positive number, got {value!r}")
+
+
+@dataclass(frozen=True)
 class TransferConfig:
     """Every option of a transfer. Units in comments; `None` means "from the model"."""
 
@@ -241,4 +259,4 @@ def resolve(preset: str | None = None, config_file: str | Path | None = None,
     return config, run
 
 
-__all__ = ["TransferConfig", "PRESETS", "DEFAULT_LAYERS", "REFERENCE_NEGATIVE_PROMPT", "resolve", "read_yaml"]
+__all__ = ["TransferConfig", "InputLimits", "PRESETS", "DEFAULT_LAYERS", "REFERENCE_NEGATIVE_PROMPT", "resolve", "read_yaml"]

@@ -29,7 +29,7 @@ import torch
 
 from . import __version__
 from .activations import activation_options
-from .config import REFERENCE_NEGATIVE_PROMPT, TransferConfig, explicit_keys, resolve
+from .config import REFERENCE_NEGATIVE_PROMPT, InputLimits, TransferConfig, explicit_keys, resolve
 from .errors import ConfigError, OutputError, VideoError
 from .features import FeatureHooks
 from .initialization import initial_latent, sdedit_latent
@@ -141,12 +141,14 @@ def fill_from_model(config: TransferConfig, model: TextToVideo, explicit: set[st
                           seed=config.seed if config.seed is not None else secrets.randbits(31))
 
 
-def load_source(video: str | Path | Video | np.ndarray, config: TransferConfig, fps: float) -> Video:
-    """Reads and resizes the source; arrays (F, H, W, 3) uint8 are taken as they are, at `fps`."""
+def load_source(video: str | Path | Video | np.ndarray, config: TransferConfig, fps: float,
+                limits: InputLimits | None = None) -> Video:
+    """Reads (only the frames needed, within `limits`) and resizes the source; arrays (F, H, W, 3) uint8 are
+    taken as they are, at `fps`."""
     if isinstance(video, np.ndarray):
         video = Video(frames=video, fps=fps, source="<array>")
     elif not isinstance(video, Video):
-        video = read_video(video, frames=config.frames, stride=config.stride, start=config.start)
+        video = read_video(video, frames=config.frames, stride=config.stride, start=config.start, limits=limits)
     frames = video.frames[:config.frames]
     if len(frames) < config.frames:
         raise ConfigError(f"the video has {len(frames)} frames; {config.frames} are needed")
@@ -422,7 +424,7 @@ def write_outputs(directory: Path, result: TransferResult, record: dict, *, over
 def transfer(video: str | Path | np.ndarray, prompt: str, *, output_dir: str | Path | None = None,
              overwrite: bool = False, quiet: bool = False, preset: str | None = None,
              config: str | Path | TransferConfig | None = None, fps: float | None = None,
-             **options) -> TransferResult:
+             limits: InputLimits | None = None, **options) -> TransferResult:
     """Motion transfer: `video` (a path, or frames (F, H, W, 3) uint8) re-rendered as `prompt` describes.
 
     `options` are any `TransferConfig` fields (e.g. `steps=25, seed=0`). With `output_dir=None` the result is
@@ -433,13 +435,13 @@ def transfer(video: str | Path | np.ndarray, prompt: str, *, output_dir: str | P
         raise TypeError(f"transfer takes one prompt (a str), got {type(prompt).__name__}; use transfer_many for "
                         f"several")
     return transfer_many(video, [prompt], output_dir=output_dir, overwrite=overwrite, quiet=quiet, preset=preset,
-                         config=config, fps=fps, **options)[0]
+                         config=config, fps=fps, limits=limits, **options)[0]
 
 
 def transfer_many(video: str | Path | np.ndarray, prompts: list[str], *, output_dir: str | Path | None = None,
                   overwrite: bool = False, quiet: bool = False, preset: str | None = None,
                   config: str | Path | TransferConfig | None = None, fps: float | None = None,
-                  **options) -> list[TransferResult]:
+                  limits: InputLimits | None = None, **options) -> list[TransferResult]:
     """`transfer` for several prompts on one video, in order: they share one inversion and the source features.
 
     With `output_dir` given and more than one prompt, each result goes to `output_dir/<prompt>`.
@@ -466,7 +468,7 @@ def transfer_many(video: str | Path | np.ndarray, prompts: list[str], *, output_
             model = get_model(cfg)
         cfg = fill_from_model(cfg, model, explicit)
         with timer("read"):
-            source = load_source(video, cfg, fps or model.defaults.fps)
+            source = load_source(video, cfg, fps or model.defaults.fps, limits)
         results = generate(model, source, prompts, cfg, progress=not quiet, timer=timer)
     except BaseException:
         for d in directories:                    # leave no empty folder behind a failed run
@@ -507,7 +509,7 @@ class InversionResult:
 
 def invert(video: str | Path | np.ndarray, *, quiet: bool = False, preset: str | None = None,
            config: str | Path | TransferConfig | None = None, fps: float | None = None,
-           **options) -> InversionResult:
+           limits: InputLimits | None = None, **options) -> InversionResult:
     """Fills the inversion cache for `video`; returns where it is and whether it was there already."""
     cfg, _, explicit = _config(preset, config, options)
     if cfg.vae_encode == "sample" and cfg.seed is None:
@@ -515,7 +517,7 @@ def invert(video: str | Path | np.ndarray, *, quiet: bool = False, preset: str |
                           "transfers that should reuse this inversion will use")
     model = get_model(cfg)
     cfg = fill_from_model(cfg, model, explicit)
-    source = load_source(video, cfg, fps or model.defaults.fps)
+    source = load_source(video, cfg, fps or model.defaults.fps, limits)
     timesteps = sampling_timesteps(model.scheduler_config, cfg.steps)
     keep = sorted(set(guidance_timesteps(timesteps, cfg.guidance_window)) | {timesteps[0]})
     timer = Timer()
@@ -529,7 +531,7 @@ def invert(video: str | Path | np.ndarray, *, quiet: bool = False, preset: str |
 def analyze(video: str | Path | np.ndarray, *, target: str = "smm", seeds: int | list[int] = 3,
             output_dir: str | Path | None = None, overwrite: bool = False, quiet: bool = False,
             preset: str | None = None, config: str | Path | TransferConfig | None = None,
-            fps: float | None = None, **options) -> list[TransferResult]:
+            fps: float | None = None, limits: InputLimits | None = None, **options) -> list[TransferResult]:
     """Feature inversion (Eq. 1): regenerate the video from random noise with the source prompt, matching the
     source's full features (`target="features"`) or their SMM (`"smm"`), once per seed.
 
@@ -543,7 +545,7 @@ def analyze(video: str | Path | np.ndarray, *, target: str = "smm", seeds: int |
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     model = get_model(cfg)
     cfg = fill_from_model(cfg, model, explicit)
-    source = load_source(video, cfg, fps or model.defaults.fps)
+    source = load_source(video, cfg, fps or model.defaults.fps, limits)
     prompt = cfg.source_prompt
     results = []
     for seed in seed_list:

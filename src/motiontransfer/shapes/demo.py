@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..models import model_defaults
 from ..pipeline import TransferResult, transfer
-from ..video import atomic_path, atomic_write_text, read_video, write_video
+from ..video import atomic_path, atomic_write_text, write_video
 from . import world
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class DemoResult:
 
 
 def demo(video: str | Path | None = None, prompt: str | None = None, output_dir: str | Path = "outputs/demo", *,
-         overwrite: bool = False, seed: int = 0, quiet: bool = False, **options) -> DemoResult:
+         overwrite: bool = False, seed: int = 0, quiet: bool = False, limits=None, **options) -> DemoResult:
     """A transfer with the shipped model (or `options["model"]`) on a world clip of its size, or on `video`
     (then `prompt` is needed). `options` are `TransferConfig` fields. An earlier demo's folder is replaced."""
     out = Path(output_dir)
@@ -91,11 +91,10 @@ def demo(video: str | Path | None = None, prompt: str | None = None, output_dir:
     else:
         if prompt is None:
             raise ConfigError("--prompt is needed with --video")
-        v = read_video(video)
-        frames, fps, source_caption = v.frames, v.fps, Path(video).name
+        frames, fps, source_caption = video, None, Path(video).name    # the transfer reads only what it needs
     result = transfer(frames, prompt, output_dir=out, overwrite=overwrite, quiet=quiet, seed=seed, fps=fps,
-                      **options)
-    write_video(out / "source.mp4", result.source, fps, min_size=256)
+                      limits=limits, **options)
+    write_video(out / "source.mp4", result.source, result.fps, min_size=256)
     agreement = plot_trajectories(result.source, result.frames, out / "trajectory.png",
                                   f"{source_caption}  ->  {prompt}")
     record = json.loads((out / "run.json").read_text())
