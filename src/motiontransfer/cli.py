@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
               "--vae-slicing", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; nothing was left that looks like a finished result", file=sys.stderr)
+        print("error: interrupted; results finished before it are whole, nothing else was kept", file=sys.stderr)
         return 130
 
 

@@ -19,10 +19,10 @@ import platform
 import re
 import secrets
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -37,9 +37,9 @@ from .inversion import InversionCache, ddim_invert, sampling_timesteps
 from .losses import motion_loss, reduce_source
 from .models import TextToVideo, load_model
 from .sampling import SampleHistory, guidance_timesteps, guided_sample
-from .video import (Video, atomic_write_text, check_writable_dir, crop_region, describe_fit, frames_digest,
-                    read_video, resize_frames,
-                    side_by_side, write_frames, write_video)
+from .video import (Video, atomic_path, atomic_write_text, crop_region, describe_fit, folder_lock, frames_digest,
+                    is_temporary, read_video, remove_stale_temporaries, resize_frames, side_by_side, write_frames,
+                    write_video)
 
 logger = logging.getLogger(__name__)
 
@@ -169,22 +169,64 @@ def check_video_path(video) -> None:
 
 
 def slug(text: str, limit: int = 40) -> str:
+    """A folder name from `text`: lower-case ASCII letters and digits, runs of anything else as "-", cut at
+    `limit`; "empty" when nothing is left."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "empty"
+
+
+def prompt_folder_names(prompts: list[str], limit: int = 40) -> list[str]:
+    """One distinct folder name per prompt: its `slug`, followed by 8 hex digits of the prompt's hash when the
+    slug loses part of it (cut at `limit`, or nothing left, as with non-ASCII prompts) or when another prompt
+    of the list has the same slug (case and punctuation are dropped). Raises ConfigError for a repeated prompt."""
+    repeated = sorted({p for p in prompts if prompts.count(p) > 1})
+    if repeated:
+        raise ConfigError(f"the prompt {_clip(repeated[0])!r} is given more than once")
+    slugs = [slug(p, limit) for p in prompts]
+    names = []
+    for prompt, name in zip(prompts, slugs):
+        lossy = name == "empty" or len(slug(prompt, limit=len(prompt) + 1)) > limit
+        if lossy or slugs.count(name) > 1:
+            name = f"{name}-{hashlib.sha256(prompt.encode()).hexdigest()[:8]}"
+        names.append(name)
+    return names
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def default_output_dir(video: Any, prompt: str) -> Path:
     stem = Path(str(getattr(video, "source", video))).stem if not isinstance(video, np.ndarray) else "array"
-    return Path("outputs") / f"{slug(stem, 30)}-{slug(prompt)}"
+    return Path("outputs") / f"{slug(stem, 30)}-{prompt_folder_names([prompt])[0]}"
 
 
-def prepare_output_dir(path: Path, overwrite: bool) -> Path:
-    if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise OutputError(f"{path} already holds a result; pass --overwrite to replace it or choose another "
-                              f"--output-dir")
-        if not (path / "run.json").exists() and not (path / "result.mp4").exists():
-            raise OutputError(f"{path} is not empty and holds no earlier result; refusing to overwrite it")
-    return check_writable_dir(path)
+def check_output_dir(path: Path, overwrite: bool) -> None:
+    """Raise `OutputError` unless a result may be written to `path`: it is absent, an empty folder, or (with
+    `overwrite`) a folder holding an earlier result (`run.json`). Temporaries of interrupted runs do not count."""
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path} is a file, not a folder; choose another --output-dir")
+    entries = [e for e in path.iterdir() if not is_temporary(e)] if path.is_dir() else []
+    if not entries:
+        return
+    if not (path / "run.json").is_file():
+        raise OutputError(f"{path} holds files but no result (no run.json); choose another --output-dir, or "
+                          f"empty it first")
+    if not overwrite:
+        raise OutputError(f"{path} already holds a result; pass --overwrite to replace it or choose another "
+                          f"--output-dir")
+
+
+@contextmanager
+def result_folders(directories: list[Path], overwrite: bool):
+    """Lock every result folder (`video.folder_lock`: a concurrent run into one of them fails at once), remove
+    what interrupted runs left beside them, and check each may be written; the locks hold until the block ends.
+    Results are then written whole with `write_outputs`."""
+    with ExitStack() as stack:
+        for d in directories:
+            stack.enter_context(folder_lock(d))
+            remove_stale_temporaries(d)
+            check_output_dir(d, overwrite)
+        yield directories
 
 
 # ---------------------------------------------------------------------------------------------- inversion
@@ -409,16 +451,24 @@ def run_record(result: TransferResult, model: TextToVideo, video_source: str, fi
     }
 
 
-def write_outputs(directory: Path, result: TransferResult, record: dict, *, overwrite: bool) -> None:
-    """result.mp4, frames/, comparison.mp4, then run.json last: a folder with run.json is complete."""
-    stale = directory / "run.json"
-    if stale.exists():
-        stale.unlink()                                   # overwrite was allowed; the old result is no longer whole
-    write_video(directory / "result.mp4", result.frames, result.fps, min_size=PREVIEW_MIN_SIZE)
-    write_frames(directory / "frames", result.frames, overwrite=True)
-    write_video(directory / "comparison.mp4", side_by_side(result.source, result.frames), result.fps,
-                min_size=PREVIEW_MIN_SIZE)
-    atomic_write_text(directory / "run.json", json.dumps(record, indent=2))
+def write_outputs(directory: Path, result: TransferResult, record: dict, *,
+                  extra: Callable[[Path], None] | None = None) -> None:
+    """result.mp4, frames/, comparison.mp4, whatever `extra(folder)` adds, and run.json, written into a temporary
+    folder that then takes `directory`'s place (`video.atomic_path`): a reader sees the earlier result or this
+    one, whole, never a part or a mix. Call it under `result_folders`."""
+    with atomic_path(directory, keep_suffix=False) as folder:
+        try:
+            folder.mkdir()
+        except OSError as error:
+            raise OutputError(f"Cannot write {directory}: {error.strerror or error}. Choose another --output-dir.") \
+                from error
+        write_video(folder / "result.mp4", result.frames, result.fps, min_size=PREVIEW_MIN_SIZE)
+        write_frames(folder / "frames", result.frames, overwrite=True)
+        write_video(folder / "comparison.mp4", side_by_side(result.source, result.frames), result.fps,
+                    min_size=PREVIEW_MIN_SIZE)
+        if extra is not None:
+            extra(folder)
+        atomic_write_text(folder / "run.json", json.dumps(record, indent=2))
 
 
 def transfer(video: str | Path | np.ndarray, prompt: str, *, output_dir: str | Path | None = None,
@@ -457,29 +507,23 @@ def transfer_many(video: str | Path | np.ndarray, prompts: list[str], *, output_
     check_video_path(video)                       # cheap checks before the (possibly long) model load
     directories = []
     if output_dir is not False:
-        for p in prompts:
+        names = prompt_folder_names(prompts)
+        for p, name in zip(prompts, names):
             base = Path(output_dir) if output_dir else default_output_dir(video, p)
-            directories.append(base if len(prompts) == 1 or output_dir is None else base / slug(p))
-        for d in directories:
-            prepare_output_dir(d, overwrite)
+            directories.append(base if len(prompts) == 1 or output_dir is None else base / name)
     timer = Timer()
-    try:
+    with result_folders(directories, overwrite):
         with timer("load"):
             model = get_model(cfg)
         cfg = fill_from_model(cfg, model, explicit)
         with timer("read"):
             source = load_source(video, cfg, fps or model.defaults.fps, limits)
         results = generate(model, source, prompts, cfg, progress=not quiet, timer=timer)
-    except BaseException:
-        for d in directories:                    # leave no empty folder behind a failed run
-            if d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
-        raise
-    for i, result in enumerate(results):
-        result.record = run_record(result, model, source.source, source.fit)
-        if directories:
-            result.output_dir = directories[i]
-            write_outputs(directories[i], result, result.record, overwrite=overwrite)
+        for i, result in enumerate(results):
+            result.record = run_record(result, model, source.source, source.fit)
+            if directories:
+                result.output_dir = directories[i]
+                write_outputs(directories[i], result, result.record)
     return results
 
 
@@ -543,20 +587,21 @@ def analyze(video: str | Path | np.ndarray, *, target: str = "smm", seeds: int |
     output_dir = Path(run.get("output_dir", output_dir) or default_output_dir(video, f"analyze-{target}"))
     overwrite = bool(run.get("overwrite", overwrite))
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-    model = get_model(cfg)
-    cfg = fill_from_model(cfg, model, explicit)
-    source = load_source(video, cfg, fps or model.defaults.fps, limits)
-    prompt = cfg.source_prompt
+    if len(set(seed_list)) != len(seed_list):
+        raise ConfigError(f"--seeds repeats a seed: {seed_list[:10]}")
+    directories = [output_dir / f"seed-{seed}" for seed in seed_list]
     results = []
-    for seed in seed_list:
-        directory = output_dir / f"seed-{seed}"
-        prepare_output_dir(directory, overwrite)
-        seed_cfg = cfg.replace(seed=seed)
-        result = generate(model, source, [prompt or ""], seed_cfg, progress=not quiet)[0]
-        result.record = run_record(result, model, source.source, source.fit) | {"analysis": target}
-        result.output_dir = directory
-        write_outputs(directory, result, result.record, overwrite=overwrite)
-        results.append(result)
+    with result_folders(directories, overwrite):
+        model = get_model(cfg)
+        cfg = fill_from_model(cfg, model, explicit)
+        source = load_source(video, cfg, fps or model.defaults.fps, limits)
+        prompt = cfg.source_prompt
+        for seed, directory in zip(seed_list, directories):
+            result = generate(model, source, [prompt or ""], cfg.replace(seed=seed), progress=not quiet)[0]
+            result.record = run_record(result, model, source.source, source.fit) | {"analysis": target}
+            result.output_dir = directory
+            write_outputs(directory, result, result.record)
+            results.append(result)
     return results
 
 
@@ -572,4 +617,5 @@ def _config(preset, config, options) -> tuple[TransferConfig, dict, set[str]]:
 
 
 __all__ = ["transfer", "transfer_many", "invert", "analyze", "text_to_video", "environment", "generate",
+           "result_folders", "write_outputs",
            "TransferResult", "InversionResult", "ModelCache", "MODELS", "get_model"]

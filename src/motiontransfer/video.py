@@ -15,6 +15,7 @@ leaves nothing behind.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import math
@@ -456,6 +457,78 @@ def atomic_path(path: str | os.PathLike, *, keep_suffix: bool = True) -> Iterato
     except BaseException:
         _remove(temporary)
         raise
+
+
+def is_temporary(path: Path, of: Path | None = None) -> bool:
+    """Whether `path` is a temporary `atomic_path` made (of `of`, when given): `.<name>.tmp-<pid>-<token>...`."""
+    name = path.name
+    prefix = f".{of.name}.tmp-" if of is not None else "."
+    return name.startswith(prefix) and ".tmp-" in name
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove what interrupted writes of `path` left beside it, and, when `path` is a folder, inside it
+    (temporaries of `atomic_path`); returns them. Call it only while no other process writes `path` (under
+    `folder_lock`).
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    stale = [p for p in path.parent.iterdir() if is_temporary(p, of=path)]
+    if path.is_dir() and not path.is_symlink():
+        stale += [p for p in path.iterdir() if is_temporary(p)]
+    for p in stale:
+        logger.info("removing %s, left by an interrupted run", p)
+        _remove(p)
+    return stale
+
+
+@contextmanager
+def folder_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on the result folder `path` (which need not exist) for the block.
+
+    The lock is an `flock` on `<parent>/.<name>.lock`: the system drops it when the holder exits, however it
+    exits, so a killed run never blocks the next. A second process asking for it gets `OutputError` at once.
+    The parent folder is created if needed. Yields `path`.
+    """
+    path = Path(path)
+    try:
+        parent = check_writable_dir(path.parent)
+    except OutputError as error:
+        cause = error.__cause__
+        reason = "it is a file" if path.parent.is_file() else getattr(cause, "strerror", None) or str(cause)
+        raise OutputError(f"Cannot write {path}: {path.parent} is not a writable folder ({reason}). "
+                          f"Choose another --output-dir.") from cause
+    lock = parent / f".{path.name}.lock"
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as error:
+            raise _cannot_write(path, error) from error
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise OutputError(f"{path} is being written by another run{f' (pid {holder})' if holder.isdigit() else ''}"
+                              f"; wait for it to finish or choose another --output-dir.") from None
+        try:                            # the last holder may have removed the file between our open and flock
+            current = os.stat(lock).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield path
+    finally:
+        try:
+            lock.unlink(missing_ok=True)
+        except OSError:
+            pass
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
