@@ -6,6 +6,7 @@ Each subcommand calls one public function of the library:
     analyze           pipeline.analyze                  env               pipeline.environment
     score             evaluation.metrics.score_files    bench             evaluation.suite.bench_suite
     bench-speed       evaluation.speed.bench_speed      demo              shapes.demo.demo
+    cache             inversion.manage_cache
     report            shapes.report.evaluate_model      train             shapes.training.train
     train-classifier  shapes.classifier.train_classifier
 
@@ -123,7 +124,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=cfg.DTYPES)
     g.add_argument("--allow-unsafe-weights", action="store_true", default=None,
                    help="allow pickled .bin weights (they can run code)")
-    g.add_argument("--cache-dir", help="inversion cache (default: ~/.cache/motiontransfer/inversions)")
+    g.add_argument("--cache-dir", help="inversion cache (default: ~/.cache/motiontransfer/inversions; "
+                                       "`motiontransfer cache` lists and clears it)")
     g.add_argument("--no-cache", dest="use_cache", action="store_false", default=None, help="don't use the cache")
     g.add_argument("--vae-slicing", action="store_true", default=None, help="VAE one frame at a time")
     g.add_argument("--activations", choices=cfg.ACTIVATIONS,
@@ -238,6 +240,19 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    from .inversion import manage_cache
+
+    done = manage_cache(args.cache_dir, clear=args.clear, older_than_days=args.older_than,
+                        larger_than_mb=args.larger_than)
+    for e in done["entries"]:
+        print(f"{e['mb']:10.3f} MB  {e['age_days']:8.2f} days  {e['name']}{'  (temporary)' if e['temporary'] else ''}")
+    print(f"{len(done['entries'])} entries, {done['total_mb']:.3f} MB in {done['directory']}")
+    if args.clear:
+        print(f"removed {len(done['removed'])} entries, {done['removed_mb']:.3f} MB")
+    return 0
+
+
 def cmd_env(args) -> int:
     from .pipeline import environment
 
@@ -346,7 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_limit_options(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("env", parents=[common], help="versions, device and threads")
+    p = sub.add_parser("cache", parents=[common], help="list the inversion cache's entries, or clear them")
+    p.add_argument("--cache-dir", help="(default: $XDG_CACHE_HOME or ~/.cache, then motiontransfer/inversions)")
+    p.add_argument("--clear", action="store_true", help="remove entries: all, or those the limits below choose")
+    p.add_argument("--older-than", type=float, metavar="DAYS", help="with --clear: only entries older than this")
+    p.add_argument("--larger-than", type=float, metavar="MB", help="with --clear: only entries larger than this")
+    p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("env", parents=[common], help="versions, device, threads and the cache's location")
     p.set_defaults(func=cmd_env)
 
     p = sub.add_parser("report", parents=[common], help="the shapes model's quality report: a table, and JSON")

@@ -80,6 +80,7 @@ def environment() -> dict:
                          "torch_threads": torch.get_num_threads(),
                          "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
                          "shipped_model": str(shipped_model_path()),
+                         "inversion_cache": str(InversionCache().directory),
                          "shipped_model_present": shipped_model_path().exists()}
 
 
@@ -260,17 +261,20 @@ def inversion_settings(config: TransferConfig, keep: list[int], dtype: torch.dty
 @dataclass
 class Inverted:
     latents: dict[int, torch.Tensor]          # {t: x_t (1, C, F, h, w)} on the model's device
-    cached: bool
+    cached: bool                              # read from the cache
     key: str
+    saved: bool = False                       # written to the cache by this call
 
 
 def invert_latents(model: TextToVideo, frames: np.ndarray, config: TransferConfig, keep: list[int], *,
                    progress: bool, timer: Timer, counts: dict) -> Inverted:
     cache = InversionCache(config.cache_dir)
     key = cache.key(frames_digest(frames), model.identity, inversion_settings(config, keep, model.dtype))
+    shape = (1, model.unet.config.in_channels, len(frames), frames.shape[1] // model.vae_scale,
+             frames.shape[2] // model.vae_scale)
     if config.use_cache:
-        hit = cache.load(key)
-        if hit is not None and set(keep) <= set(hit):
+        hit = cache.load(key, timesteps=keep, shape=shape, dtype=model.dtype)
+        if hit is not None:
             logger.info("reusing the cached inversion %s", cache.path(key))
             return Inverted({t: v.to(model.device) for t, v in hit.items()}, cached=True, key=key)
     with timer("encode"):
@@ -283,12 +287,16 @@ def invert_latents(model: TextToVideo, frames: np.ndarray, config: TransferConfi
 
     with timer("inversion"):
         latents = ddim_invert(predict, x0, model.scheduler_config, config.inversion_steps, keep, progress=progress)
+    latents = {t: v.to(model.dtype) for t, v in latents.items()}
+    saved = False
     if config.use_cache:
         try:
             cache.save(key, latents)
-        except OSError as e:
-            logger.warning("could not write the inversion cache (%s); continuing", e)
-    return Inverted(latents, cached=False, key=key)
+            saved = True
+        except Exception as e:             # a full disk, a read-only folder...: the transfer goes on without it
+            logger.warning("could not write the inversion cache %s (%s); continuing without it", cache.path(key),
+                           str(e)[:200])
+    return Inverted(latents, cached=False, key=key, saved=saved)
 
 
 # ---------------------------------------------------------------------------------------------- transfer
@@ -568,6 +576,9 @@ def invert(video: str | Path | np.ndarray, *, quiet: bool = False, preset: str |
     counts = new_counts()
     inverted = invert_latents(model, source.frames, cfg.replace(use_cache=True), keep, progress=not quiet,
                               timer=timer, counts=counts)
+    if not (inverted.cached or inverted.saved):
+        raise OutputError(f"could not write the inversion cache in {InversionCache(cfg.cache_dir).directory}; "
+                          f"see the warning above, or pass another --cache-dir")
     return InversionResult(cache=InversionCache(cfg.cache_dir).path(inverted.key), cached=inverted.cached,
                            timesteps=keep, timings=timer.seconds, unet_forward=counts["unet_forward"])
 
