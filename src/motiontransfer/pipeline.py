@@ -29,7 +29,8 @@ import torch
 
 from . import __version__
 from .activations import activation_options
-from .config import REFERENCE_NEGATIVE_PROMPT, InputLimits, TransferConfig, explicit_keys, resolve
+from .config import (METHOD_OPTIONS, REFERENCE_NEGATIVE_PROMPT, InputLimits, TransferConfig, explicit_keys,
+                     resolve, short)
 from .errors import ConfigError, OutputError, VideoError
 from .features import FeatureHooks
 from .initialization import initial_latent, sdedit_latent
@@ -127,10 +128,16 @@ def fill_from_model(config: TransferConfig, model: TextToVideo, explicit: set[st
     options (`motiontransfer.json`'s `method_defaults`) to every option not in `explicit`."""
     d = model.defaults
     recommended = {k: v for k, v in (d.method or {}).items() if k not in explicit}
+    unknown = set(recommended) - set(config.to_dict())
+    if unknown:
+        raise ConfigError(f"{model.path}/motiontransfer.json recommends unknown options "
+                          f"{short(sorted(map(str, unknown)))}")
+    refused = sorted(set(recommended) - set(METHOD_OPTIONS))
+    if refused:                  # where files go, what runs, what is cached: the user's to say, not a model's
+        logger.warning("ignoring %s in %s/motiontransfer.json: a model may recommend method options only",
+                       ", ".join(refused), model.path)
+        recommended = {k: v for k, v in recommended.items() if k in METHOD_OPTIONS}
     if recommended:
-        unknown = set(recommended) - set(config.to_dict())
-        if unknown:
-            raise ConfigError(f"{model.path}/motiontransfer.json recommends unknown options {sorted(unknown)}")
         logger.info("model recommends %s", ", ".join(f"{k}={v}" for k, v in recommended.items()))
         config = config.replace(**{k: tuple(v) if isinstance(v, list) else v for k, v in recommended.items()})
     negative = config.negative_prompt
