@@ -121,3 +121,65 @@ def test_output_path_that_is_an_existing_file(tiny_model, source, tmp_path, caps
                      "--output-dir", str(target), *FAST])
     one_line(capsys, code, "is a file")
     assert target.read_text() == "mine"
+
+
+# ------------------------------------------------------------------------------- options that would do nothing
+
+@pytest.mark.parametrize("flags, fragment", [(["--no-cache"], "--no-cache"), (["--iterations", "5"], "iterations"),
+                                             (["--seed", "1"], "seed")])
+def test_invert_refuses_options_that_would_do_nothing(tiny_model, source, tmp_path, capsys, flags, fragment):
+    code = cli.main(["invert", str(source), "--model", str(tiny_model), "--cache-dir", str(tmp_path / "c"),
+                     "--quiet", *flags])
+    one_line(capsys, code, fragment)
+    assert not (tmp_path / "c").exists()
+
+
+def test_start_and_stride_on_an_array_are_errors(tiny_model, tmp_path):
+    import motiontransfer
+    from motiontransfer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="frames\\[start::stride\\]"):
+        motiontransfer.transfer(moving_square(8), "a star", output_dir=False, model=str(tiny_model), start=3,
+                                stride=2)
+
+
+def test_fps_on_a_video_file_and_init_on_analyze_are_errors(tiny_model, source, tmp_path, capsys):
+    code = cli.main(["transfer", str(source), "--prompt", "a star", "--model", str(tiny_model), "--fps", "12",
+                     "--output-dir", str(tmp_path / "out"), *FAST])
+    one_line(capsys, code, "--fps")
+    code = cli.main(["analyze", str(source), "--model", str(tiny_model), "--init", "lf",
+                     "--output-dir", str(tmp_path / "out"), *FAST])
+    one_line(capsys, code, "init")
+
+
+def test_an_unsupported_extension_is_reported_before_the_model_loads(source, tmp_path, capsys, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("motiontransfer.pipeline.load_model", no_loading)
+    clip = tmp_path / "clip.txt"
+    clip.write_text("not a video")
+    for argv in (["transfer", str(clip), "--prompt", "a star"], ["invert", str(clip)], ["analyze", str(clip)]):
+        code = cli.main(argv + ["--output-dir", str(tmp_path / "out")] * (argv[0] != "invert") + ["--quiet"])
+        one_line(capsys, code, "unsupported type")
+
+
+def test_the_ffmpeg_hint_quotes_the_file_name(tmp_path):
+    from motiontransfer.errors import VideoError
+    from motiontransfer.video import read_video
+
+    hostile = tmp_path / "x; rm -rf ~ #.mp4"
+    hostile.write_bytes(b"\x00" * 100)
+    with pytest.raises(VideoError) as error:
+        read_video(hostile)
+    assert f"ffmpeg -i '{hostile}'" in str(error.value)
+
+
+def test_demo_does_not_replace_its_folder_without_overwrite(tiny_model, tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["demo", "--output-dir", str(out), "--quiet"]
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"demo": {}, "prompt": "earlier"}))
+    code = cli.main(argv)
+    one_line(capsys, code, "--overwrite")
+    assert json.loads((out / "run.json").read_text())["prompt"] == "earlier"

@@ -38,7 +38,11 @@ ACTIVATIONS = ("auto",) + ACTIVATION_MODES                             # auto: c
 # device, the seed) come from the user alone.
 METHOD_OPTIONS = ("source_prompt", "guidance_scale", "steps", "inversion_steps", "restart", "guidance_window",
                   "iterations", "learning_rate", "layers", "layer_weights", "loss", "init", "lf_factor",
-                  "sdedit_strength")
+                  "lf_filter", "vae_encode", "sdedit_strength")
+# What `invert` ignores (it only fills the inversion cache): given as flags or keyword arguments they are errors.
+# (`seed` matters to it only with vae_encode: sample, which `pipeline.invert` checks.)
+INVERT_IGNORES = ("guidance_scale", "negative_prompt", "restart", "iterations", "learning_rate", "layers",
+                  "layer_weights", "loss", "init", "lf_factor", "lf_filter", "sdedit_strength", "activations")
 MESSAGE_LIMIT = 300          # characters of a value quoted in an error message
 
 

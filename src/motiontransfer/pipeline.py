@@ -29,7 +29,7 @@ import torch
 
 from . import __version__
 from .activations import activation_options
-from .config import (METHOD_OPTIONS, REFERENCE_NEGATIVE_PROMPT, InputLimits, TransferConfig, explicit_keys,
+from .config import (INVERT_IGNORES, METHOD_OPTIONS, REFERENCE_NEGATIVE_PROMPT, InputLimits, TransferConfig, explicit_keys,
                      resolve, short)
 from .errors import ConfigError, OutputError, VideoError
 from .features import FeatureHooks
@@ -39,7 +39,7 @@ from .losses import motion_loss, reduce_source
 from .models import TextToVideo, load_model
 from .sampling import SampleHistory, guidance_timesteps, guided_sample
 from .video import (Video, atomic_path, atomic_write_text, crop_region, describe_fit, folder_lock, frames_digest,
-                    is_temporary, read_video, remove_stale_temporaries, resize_frames, side_by_side, write_frames,
+                    is_temporary, read_video, unsupported_type, remove_stale_temporaries, resize_frames, side_by_side, write_frames,
                     write_video)
 
 logger = logging.getLogger(__name__)
@@ -171,9 +171,23 @@ def load_source(video: str | Path | Video | np.ndarray, config: TransferConfig, 
     return Video(frames=frames, fps=video.fps, source=video.source, fit=fit)
 
 
-def check_video_path(video) -> None:
-    if isinstance(video, (str, Path)) and not Path(video).exists():
-        raise VideoError(f"{video} does not exist")
+def check_source(video, config: TransferConfig, fps: float | None) -> None:
+    """Cheap checks of the source and of the options that select from it, before the model loads: the path
+    exists and has a readable type; `start`/`stride` need a file (slice an array yourself); `fps` is for arrays
+    and image folders, whose frames carry no rate."""
+    if isinstance(video, (str, Path)):
+        path = Path(video)
+        if not path.exists():
+            raise VideoError(f"{video} does not exist")
+        unsupported = unsupported_type(path)
+        if unsupported:
+            raise VideoError(unsupported)
+        if fps is not None and not path.is_dir():
+            raise ConfigError(f"--fps sets the rate of an image folder; {path.name} has its own, so --fps would do "
+                              f"nothing: leave it out (--stride changes the rate)")
+    elif isinstance(video, np.ndarray) and (config.start != 0 or config.stride != 1):
+        raise ConfigError(f"start={config.start}, stride={config.stride} select frames of a file; for an array "
+                          f"they would do nothing: pass frames[start::stride] instead")
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -519,7 +533,7 @@ def transfer_many(video: str | Path | np.ndarray, prompts: list[str], *, output_
     cfg, run, explicit = _config(preset, config, options)
     output_dir = run.get("output_dir", output_dir)
     overwrite = bool(run.get("overwrite", overwrite))
-    check_video_path(video)                       # cheap checks before the (possibly long) model load
+    check_source(video, cfg, fps)                 # cheap checks before the (possibly long) model load
     directories = []
     if output_dir is not False:
         names = prompt_folder_names(prompts)
@@ -569,11 +583,24 @@ class InversionResult:
 def invert(video: str | Path | np.ndarray, *, quiet: bool = False, preset: str | None = None,
            config: str | Path | TransferConfig | None = None, fps: float | None = None,
            limits: InputLimits | None = None, **options) -> InversionResult:
-    """Fills the inversion cache for `video`; returns where it is and whether it was there already."""
+    """Fills the inversion cache for `video`; returns where it is and whether it was there already.
+
+    Options that would do nothing here (`config.INVERT_IGNORES`, `use_cache=False`) are errors when given as
+    keyword arguments (flags); a config file shared with `transfer` may hold them."""
+    ignored = [k for k in INVERT_IGNORES if options.get(k) is not None]
+    if ignored:
+        raise ConfigError(f"invert only inverts the source into the cache; {', '.join(ignored)} would do nothing "
+                          f"there: leave {'it' if len(ignored) == 1 else 'them'} out")
+    if options.get("use_cache") is False:
+        raise ConfigError("invert only fills the cache; --no-cache would make it do nothing")
     cfg, _, explicit = _config(preset, config, options)
     if cfg.vae_encode == "sample" and cfg.seed is None:
         raise ConfigError("with vae_encode: sample the inversion depends on the seed; pass --seed, the one the "
                           "transfers that should reuse this inversion will use")
+    if options.get("seed") is not None and cfg.vae_encode != "sample":
+        raise ConfigError("the inversion does not depend on the seed unless --vae-encode sample; --seed would do "
+                          "nothing here: leave it out")
+    check_source(video, cfg, fps)
     model = get_model(cfg)
     cfg = fill_from_model(cfg, model, explicit)
     source = load_source(video, cfg, fps or model.defaults.fps, limits)
@@ -600,8 +627,13 @@ def analyze(video: str | Path | np.ndarray, *, target: str = "smm", seeds: int |
     Full features reproduce the video nearly exactly; SMM keeps layout and motion and lets appearance vary.
     """
     if target not in ("features", "smm"):
-        raise ConfigError(f"--target must be features or smm, got {target!r}")
+        raise ConfigError(f"--target must be features or smm, got {short(target)}")
+    fixed = [k for k in ("init", "loss") if options.get(k) is not None]
+    if fixed:
+        raise ConfigError(f"analyze sets init=random and loss={target} itself; {', '.join(fixed)} would do nothing "
+                          f"(--target chooses the loss)")
     cfg, run, explicit = _config(preset, config, {**options, "init": "random", "loss": target})
+    check_source(video, cfg, fps)
     output_dir = Path(run.get("output_dir", output_dir) or default_output_dir(video, f"analyze-{target}"))
     overwrite = bool(run.get("overwrite", overwrite))
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)

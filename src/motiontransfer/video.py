@@ -22,6 +22,7 @@ import math
 import os
 import re
 import secrets
+import shlex
 import shutil
 import warnings
 from contextlib import contextmanager
@@ -171,8 +172,8 @@ def _check_size(path: Path, index: int, frame: np.ndarray, first: np.ndarray) ->
 
 
 def _undecodable(path: Path, error: Exception) -> VideoError:
-    return VideoError(f"{path} could not be decoded ({error}); check that it plays, or re-encode it with "
-                      f"`ffmpeg -i {path.name} -c:v libx264 -pix_fmt yuv420p fixed.mp4`.")
+    return VideoError(f"{path} could not be decoded ({_clip(str(error), 200)}); check that it plays, or re-encode it "
+                      f"with `ffmpeg -i {shlex.quote(str(path))} -c:v libx264 -pix_fmt yuv420p fixed.mp4`.")
 
 
 def _read_container(request: _Request) -> tuple[list[np.ndarray], float]:
