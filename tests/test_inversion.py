@@ -146,3 +146,16 @@ def test_cache_command_lists_and_clears(tmp_path, capsys):
     assert "--clear" in capsys.readouterr().err
     assert cli.main(["cache", "--cache-dir", str(tmp_path), "--clear"]) == 0
     assert "removed 1 entries" in capsys.readouterr().out and cache.entries() == []
+
+
+def test_saving_removes_temporaries_that_interrupted_writes_left(tmp_path):
+    import os
+    import time
+
+    cache = InversionCache(tmp_path)
+    stale, fresh = tmp_path / ".a.safetensors.tmp-1-aa.safetensors", tmp_path / ".b.safetensors.tmp-2-bb.safetensors"
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"being written")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    cache.save("c", {981: torch.zeros(SHAPE)})
+    assert not stale.exists() and fresh.exists()

@@ -411,9 +411,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s")
     for noisy in ("diffusers", "transformers", "huggingface_hub", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.debug else logging.ERROR)
-    if not args.debug:
-        _quiet_libraries()
     try:
+        if not args.debug:
+            _quiet_libraries()
         return args.func(args)
     except MotionTransferError as e:
         if args.debug:

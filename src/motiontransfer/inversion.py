@@ -70,6 +70,7 @@ def ddim_invert(predict: PredictFn, x0: torch.Tensor, scheduler_config: dict, st
     return kept
 
 
+STALE_SECONDS = 3600                        # a temporary this old in the cache was left by an interrupted write
 FORMAT = "motiontransfer-inversion/1"      # written into every entry's metadata; other entries are recomputed
 
 
@@ -165,6 +166,10 @@ class InversionCache:
         meta = {"format": FORMAT, "key": key, "timesteps": json.dumps(sorted(latents)),
                 "shape": json.dumps(list(shapes.pop())), "dtype": dtypes.pop(),
                 "sha256": latents_checksum(latents)}
+        now = time.time()
+        for entry in self.entries():             # what interrupted writes left, an hour ago or more
+            if entry.temporary and now - entry.modified > STALE_SECONDS:
+                entry.path.unlink(missing_ok=True)
         with atomic_path(path) as tmp:
             save_file(tensors, tmp, metadata=meta)
         return path
@@ -191,7 +196,7 @@ class InversionCache:
             if entry.temporary and older_than_days is None and larger_than_mb is None:
                 chosen = True
             elif entry.temporary:
-                chosen = age_days > 1 / 24 and (older_than_days is None or age_days > older_than_days)
+                chosen = age_days * 86400 > STALE_SECONDS and (older_than_days is None or age_days > older_than_days)
             else:
                 chosen = ((older_than_days is None or age_days > older_than_days)
                           and (larger_than_mb is None or entry.bytes / 1e6 > larger_than_mb))
