@@ -150,6 +150,9 @@ def test_fps_on_a_video_file_and_init_on_analyze_are_errors(tiny_model, source, 
     code = cli.main(["analyze", str(source), "--model", str(tiny_model), "--init", "lf",
                      "--output-dir", str(tmp_path / "out"), *FAST])
     one_line(capsys, code, "init")
+    code = cli.main(["analyze", str(source), "--model", str(tiny_model), "--output-dir", str(tmp_path / "out"),
+                     *FAST])                                     # FAST holds --seed, which analyze sets itself
+    one_line(capsys, code, "seed")
 
 
 def test_an_unsupported_extension_is_reported_before_the_model_loads(source, tmp_path, capsys, monkeypatch):

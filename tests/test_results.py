@@ -162,3 +162,13 @@ def test_several_prompts_into_one_output_dir_get_one_folder_each(tiny_model, tmp
     assert len({r.output_dir for r in results}) == 2
     for r, prompt in zip(results, prompts):
         assert json.loads((r.output_dir / "run.json").read_text())["prompt"] == prompt
+
+
+def test_default_folders_of_prompts_that_differ_in_case_only_are_distinct():
+    from motiontransfer.pipeline import default_output_dir
+
+    prompts = ["A green star", "a green star!"]
+    names = prompt_folder_names(prompts)
+    dirs = {default_output_dir("clip.mp4", p, n) for p, n in zip(prompts, names)}
+    assert len(dirs) == 2 and all(str(d).startswith("outputs/clip-a-green-star-") for d in dirs)
+    assert default_output_dir("clip.mp4", "a green star") == Path("outputs/clip-a-green-star")

@@ -29,8 +29,8 @@ import torch
 
 from . import __version__
 from .activations import activation_options
-from .config import (INVERT_IGNORES, METHOD_OPTIONS, REFERENCE_NEGATIVE_PROMPT, InputLimits, TransferConfig, explicit_keys,
-                     resolve, short)
+from .config import (INVERT_IGNORES, METHOD_OPTIONS, REFERENCE_NEGATIVE_PROMPT, InputLimits, TransferConfig,
+                     explicit_keys, resolve, short)
 from .errors import ConfigError, OutputError, VideoError
 from .features import FeatureHooks
 from .initialization import initial_latent, sdedit_latent
@@ -39,8 +39,8 @@ from .losses import motion_loss, reduce_source
 from .models import TextToVideo, load_model
 from .sampling import SampleHistory, guidance_timesteps, guided_sample
 from .video import (Video, atomic_path, atomic_write_text, crop_region, describe_fit, folder_lock, frames_digest,
-                    is_temporary, read_video, unsupported_type, remove_stale_temporaries, resize_frames, side_by_side, write_frames,
-                    write_video)
+                    is_temporary, read_video, remove_stale_temporaries, resize_frames, side_by_side, unsupported_type,
+                    write_frames, write_video)
 
 logger = logging.getLogger(__name__)
 
@@ -217,9 +217,11 @@ def _clip(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def default_output_dir(video: Any, prompt: str) -> Path:
+def default_output_dir(video: Any, prompt: str, name: str | None = None) -> Path:
+    """outputs/<video>-<prompt's folder name> (`name`, from `prompt_folder_names` over all the run's prompts;
+    the prompt's own otherwise)."""
     stem = Path(str(getattr(video, "source", video))).stem if not isinstance(video, np.ndarray) else "array"
-    return Path("outputs") / f"{slug(stem, 30)}-{prompt_folder_names([prompt])[0]}"
+    return Path("outputs") / f"{slug(stem, 30)}-{name or prompt_folder_names([prompt])[0]}"
 
 
 def check_output_dir(path: Path, overwrite: bool) -> None:
@@ -538,7 +540,7 @@ def transfer_many(video: str | Path | np.ndarray, prompts: list[str], *, output_
     if output_dir is not False:
         names = prompt_folder_names(prompts)
         for p, name in zip(prompts, names):
-            base = Path(output_dir) if output_dir else default_output_dir(video, p)
+            base = Path(output_dir) if output_dir else default_output_dir(video, p, name)
             directories.append(base if len(prompts) == 1 or output_dir is None else base / name)
     timer = Timer()
     with result_folders(directories, overwrite):
@@ -628,10 +630,10 @@ def analyze(video: str | Path | np.ndarray, *, target: str = "smm", seeds: int |
     """
     if target not in ("features", "smm"):
         raise ConfigError(f"--target must be features or smm, got {short(target)}")
-    fixed = [k for k in ("init", "loss") if options.get(k) is not None]
+    fixed = [k for k in ("init", "loss", "seed") if options.get(k) is not None]
     if fixed:
-        raise ConfigError(f"analyze sets init=random and loss={target} itself; {', '.join(fixed)} would do nothing "
-                          f"(--target chooses the loss)")
+        raise ConfigError(f"analyze sets init=random, loss={target} and the seeds itself; {', '.join(fixed)} would "
+                          f"do nothing (--target chooses the loss, --seeds the seeds)")
     cfg, run, explicit = _config(preset, config, {**options, "init": "random", "loss": target})
     check_source(video, cfg, fps)
     output_dir = Path(run.get("output_dir", output_dir) or default_output_dir(video, f"analyze-{target}"))
