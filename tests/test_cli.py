@@ -177,10 +177,12 @@ def test_analyze_writes_one_result_per_seed(tiny_model, source, tmp_path, capsys
     assert len(stdout.strip().splitlines()) == 2
 
 
-def test_env_prints_versions_and_device_as_json(capsys):
+def test_env_prints_versions_and_device_as_json(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     code, out, _ = run(capsys, "env")
     assert code == 0
     info = json.loads(out)
+    assert info["inversion_cache"] == str(tmp_path / "motiontransfer" / "inversions")
     assert info["torch"] == torch.__version__
     assert info["device"] in ("cpu", "cuda", "mps")
     assert info["cuda"] is torch.cuda.is_available()

@@ -232,3 +232,33 @@ def test_progress_events_count_inversion_and_sampling_steps_with_the_guidance_lo
     motiontransfer.transfer(moving_square(), "a green star", output_dir=False, seed=0, on_progress=events.append,
                             **opts)
     assert events and not [e for e in events if e.phase == "inversion"]
+
+
+def test_a_tampered_cache_entry_is_recomputed_and_a_failing_cache_write_loses_nothing(opts, caplog, monkeypatch):
+    import torch
+    from safetensors.torch import save_file
+
+    from motiontransfer.errors import OutputError
+    from motiontransfer.inversion import InversionCache
+
+    video = moving_square()
+    fresh = motiontransfer.transfer(video, "a green star", output_dir=False, seed=1, **opts)
+    [entry] = InversionCache(opts["cache_dir"]).entries()
+    # a foreign entry of another size under the same name: used silently before, now recomputed
+    save_file({t: torch.zeros(1, 4, 4, 4, 4) for t in ("981", "961")}, entry.path)
+    with caplog.at_level("WARNING"):
+        again = motiontransfer.transfer(video, "a green star", output_dir=False, seed=1, **opts)
+    assert "recomputing" in caplog.text and not again.inversion_cached
+    assert np.array_equal(again.frames, fresh.frames)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("motiontransfer.inversion.save_file", full_disk)
+    entry.path.unlink()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        r = motiontransfer.transfer(video, "a blue circle", output_dir=False, seed=1, **opts)
+    assert r.frames.shape == fresh.frames.shape and "could not write the inversion cache" in caplog.text
+    with pytest.raises(OutputError, match="could not write the inversion cache"):
+        motiontransfer.invert(video, **opts)

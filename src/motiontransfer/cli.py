@@ -6,6 +6,7 @@ Each subcommand calls one public function of the library:
     analyze           pipeline.analyze                  env               pipeline.environment
     score             evaluation.metrics.score_files    bench             evaluation.suite.bench_suite
     bench-speed       evaluation.speed.bench_speed      demo              shapes.demo.demo
+    cache             inversion.manage_cache
     report            shapes.report.evaluate_model      train             shapes.training.train
     train-classifier  shapes.classifier.train_classifier
     ui                ui.serve (a Gradio web page)      batch             batch.run_batch (locally or on Ray)
@@ -112,13 +113,32 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=cfg.DTYPES)
     g.add_argument("--allow-unsafe-weights", action="store_true", default=None,
                    help="allow pickled .bin weights (they can run code)")
-    g.add_argument("--cache-dir", help="inversion cache (default: ~/.cache/motiontransfer/inversions)")
+    g.add_argument("--cache-dir", help="inversion cache (default: ~/.cache/motiontransfer/inversions; "
+                                       "`motiontransfer cache` lists and clears it)")
     g.add_argument("--no-cache", dest="use_cache", action="store_false", default=None, help="don't use the cache")
     g.add_argument("--vae-slicing", action="store_true", default=None, help="VAE one frame at a time")
     g.add_argument("--activations", choices=cfg.ACTIVATIONS,
                    help="what guidance keeps for backward (auto: checkpoint on CUDA, to save GPU memory)")
     g.add_argument("--cpu-offload", action="store_true", default=None,
                    help="keep the text encoder and VAE on the CPU except while they run (GPU memory)")
+
+
+def _add_limit_options(p: argparse.ArgumentParser) -> None:
+    """`config.InputLimits`: checked from the input's header before anything is decoded."""
+    g = p.add_argument_group("input limits (checked before decoding)")
+    defaults = cfg.InputLimits()
+    g.add_argument("--max-frames", type=int, help=f"frames read from a video ({defaults.max_frames})")
+    g.add_argument("--max-frame-pixels", type=int,
+                   help=f"width x height of one frame ({defaults.max_frame_pixels:,})")
+    g.add_argument("--max-total-pixels", type=int,
+                   help=f"frames read x pixels per frame ({defaults.max_total_pixels:,})")
+    g.add_argument("--max-file-mb", type=float, help=f"input file size in MB ({defaults.max_file_mb:g})")
+
+
+def _limits(args) -> "cfg.InputLimits | None":
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cfg.InputLimits)
+             if getattr(args, f.name, None) is not None}
+    return cfg.InputLimits(**given) if given else None
 
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:
@@ -133,7 +153,8 @@ def _method_options(args) -> dict:
 
 
 def _run_options(args) -> dict:
-    out = {"quiet": args.quiet, "preset": args.preset, "config": args.config, "fps": args.fps}
+    out = {"quiet": args.quiet, "preset": args.preset, "config": args.config, "fps": args.fps,
+           "limits": _limits(args)}
     if getattr(args, "output_dir", None) is not None:
         out["output_dir"] = args.output_dir
     if getattr(args, "overwrite", None):
@@ -156,7 +177,7 @@ def cmd_invert(args) -> int:
 
     opts = _run_options(args)
     done = invert(args.video, quiet=opts["quiet"], preset=opts["preset"], config=opts["config"], fps=opts["fps"],
-                  **_method_options(args))
+                  limits=opts["limits"], **_method_options(args))
     print(("cache hit: " if done.cached else "inverted: ") + str(done.cache))
     return 0
 
@@ -173,7 +194,8 @@ def cmd_score(args) -> int:
     from .evaluation.metrics import score_files
 
     result = score_files(args.original, args.edited, mask=args.mask, box=args.box, tracker=args.tracker,
-                         grid=args.grid, cotracker_checkpoint=args.cotracker_checkpoint, output=args.output)
+                         grid=args.grid, cotracker_checkpoint=args.cotracker_checkpoint, output=args.output,
+                         limits=_limits(args))
     print(json.dumps(result, indent=2))
     return 0
 
@@ -198,8 +220,21 @@ def cmd_demo(args) -> int:
     from .shapes.demo import demo
 
     done = demo(video=args.video, prompt=args.prompt, output_dir=args.output_dir, overwrite=bool(args.overwrite),
-                seed=args.seed, quiet=args.quiet)
+                seed=args.seed, quiet=args.quiet, limits=_limits(args))
     print(f"wrote {done.output_dir}")
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from .inversion import manage_cache
+
+    done = manage_cache(args.cache_dir, clear=args.clear, older_than_days=args.older_than,
+                        larger_than_mb=args.larger_than)
+    for e in done["entries"]:
+        print(f"{e['mb']:10.3f} MB  {e['age_days']:8.2f} days  {e['name']}{'  (temporary)' if e['temporary'] else ''}")
+    print(f"{len(done['entries'])} entries, {done['total_mb']:.3f} MB in {done['directory']}")
+    if args.clear:
+        print(f"removed {len(done['removed'])} entries, {done['removed_mb']:.3f} MB")
     return 0
 
 
@@ -278,12 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video", help="video file (.mp4 .mov .avi .webm .gif) or a folder of numbered images")
     p.add_argument("--prompt", action="append", required=True, help="target prompt; repeat for several")
     _add_method_options(p)
+    _add_limit_options(p)
     _add_output_options(p)
     p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("invert", parents=[common], help="DDIM-invert a video into the cache only")
     p.add_argument("video")
     _add_method_options(p)
+    _add_limit_options(p)
     p.set_defaults(func=cmd_invert)
 
     p = sub.add_parser("analyze", parents=[common], help="feature inversion (paper Eq. 1), one video per seed")
@@ -291,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=["features", "smm"], default="smm", help="what to match (smm)")
     p.add_argument("--seeds", type=int, default=3, help="how many seeds, 0..N-1 (3)")
     _add_method_options(p)
+    _add_limit_options(p)
     _add_output_options(p)
     p.set_defaults(func=cmd_analyze)
 
@@ -304,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", type=int, default=55, help="query grid side (55, as the reference)")
     p.add_argument("--cotracker-checkpoint", type=Path)
     p.add_argument("--output", type=Path, help="also write the JSON here")
+    _add_limit_options(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("bench", parents=[common], help="run a suite of cases through several methods")
@@ -330,9 +369,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", type=Path, default=Path("outputs/demo"))
     p.add_argument("--overwrite", action="store_true")
+    _add_limit_options(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("env", parents=[common], help="versions, device and threads")
+    p = sub.add_parser("cache", parents=[common], help="list the inversion cache's entries, or clear them")
+    p.add_argument("--cache-dir", help="(default: $XDG_CACHE_HOME or ~/.cache, then motiontransfer/inversions)")
+    p.add_argument("--clear", action="store_true", help="remove entries: all, or those the limits below choose")
+    p.add_argument("--older-than", type=float, metavar="DAYS", help="with --clear: only entries older than this")
+    p.add_argument("--larger-than", type=float, metavar="MB", help="with --clear: only entries larger than this")
+    p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("env", parents=[common], help="versions, device, threads and the cache's location")
     p.set_defaults(func=cmd_env)
 
     p = sub.add_parser("report", parents=[common], help="the shapes model's quality report: a table, and JSON")
@@ -396,9 +443,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s")
     for noisy in ("diffusers", "transformers", "huggingface_hub", "PIL", "matplotlib", "httpx", "ray"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.debug else logging.ERROR)
-    if not args.debug:
-        _quiet_libraries()
     try:
+        if not args.debug:
+            _quiet_libraries()
         return args.func(args)
     except MotionTransferError as e:
         if args.debug:
@@ -412,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
               "--vae-slicing", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; nothing was left that looks like a finished result", file=sys.stderr)
+        print("error: interrupted; results finished before it are whole, nothing else was kept", file=sys.stderr)
         return 130
 
 

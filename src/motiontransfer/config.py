@@ -33,6 +33,35 @@ RESIZE_POLICIES = ("crop", "stretch", "pad")                           # video.r
 DTYPES = ("auto", "fp32", "fp16", "bf16")                              # models.pick_dtype
 ACTIVATION_MODES = ("none", "checkpoint", "offload")                   # activations.activation_options
 ACTIVATIONS = ("auto",) + ACTIVATION_MODES                             # auto: checkpoint on CUDA, else none
+# The options a model folder's `motiontransfer.json` may recommend (`method_defaults`): the method's own. Input
+# selection, runtime and security options (where files go, what is cached, which weights may run code, the
+# device, the seed) come from the user alone.
+METHOD_OPTIONS = ("source_prompt", "guidance_scale", "steps", "inversion_steps", "restart", "guidance_window",
+                  "iterations", "learning_rate", "layers", "layer_weights", "loss", "init", "lf_factor",
+                  "lf_filter", "vae_encode", "sdedit_strength")
+# What `invert` ignores (it only fills the inversion cache): given as flags or keyword arguments they are errors.
+# (`seed` matters to it only with vae_encode: sample, which `pipeline.invert` checks.)
+INVERT_IGNORES = ("guidance_scale", "negative_prompt", "restart", "iterations", "learning_rate", "layers",
+                  "layer_weights", "loss", "init", "lf_factor", "lf_filter", "sdedit_strength", "activations")
+MESSAGE_LIMIT = 300          # characters of a value quoted in an error message
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What an input may hold, checked from its header before anything is decoded (`video.read_video`).
+    The defaults fit a long HD clip in a few GB; raise them with --max-frames, --max-frame-pixels,
+    --max-total-pixels, --max-file-mb."""
+
+    max_frames: int = 2000                        # frames read (after --start and --stride)
+    max_frame_pixels: int = 36_000_000            # width x height of one frame (8K UHD is 33.2 M)
+    max_total_pixels: int = 600_000_000           # frames read x pixels per frame (1.8 GB as uint8 RGB)
+    max_file_mb: float = 4096.0                   # size of the file, or of all the images of a folder, in MB
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be a positive number, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -118,14 +147,26 @@ def _has_type(value, annotation: str) -> bool:
             "str": isinstance(value, str), "bool": False}.get(annotation, True)
 
 
+def short(value: Any) -> str:
+    """A repr of `value` bounded to about `MESSAGE_LIMIT` characters, however large or deep the value (a YAML
+    alias bomb expands to gigabytes)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 3, 8, 8, 8, 80, 80
+    text = r.repr(value)
+    return text if len(text) <= MESSAGE_LIMIT else text[:MESSAGE_LIMIT] + "..."
+
+
 def validate(c: TransferConfig) -> None:
     def need(ok: bool, message: str):
         if not ok:
-            raise ConfigError(message)
+            raise ConfigError(message if len(message) <= 2 * MESSAGE_LIMIT else message[:2 * MESSAGE_LIMIT] + "...")
 
     for f in fields(c):
         value = getattr(c, f.name)
-        need(_has_type(value, f.type), f"option {f.name} must be {f.type}, got {value!r} ({type(value).__name__})")
+        if not _has_type(value, f.type):
+            need(False, f"option {f.name} must be {f.type}, got {short(value)} ({type(value).__name__})")
     need(c.frames is None or c.frames >= 2, f"--frames must be at least 2, got {c.frames}")
     need(c.stride >= 1, f"--stride must be at least 1, got {c.stride}")
     need(c.start >= 0, f"--start must be 0 or more, got {c.start}")
@@ -176,6 +217,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 _TUPLE_FIELDS = {"guidance_window", "learning_rate", "layers", "layer_weights", "region"}
 RUN_KEYS = {"output_dir", "overwrite"}   # run options a YAML file may also set
+MAX_CONFIG_BYTES = 1_000_000             # a config file is a few lines; anything larger is refused unread
 
 
 def _coerce(name: str, value):
@@ -189,18 +231,26 @@ def _coerce(name: str, value):
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; pass a YAML file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is over {MAX_CONFIG_BYTES // 1000} kB; is it the right file?")
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not text (a binary file?); pass a YAML file") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {short(str(e))}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of option: value")
     known = {f.name for f in fields(TransferConfig)} | RUN_KEYS | {"preset"}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(map(str, set(data) - known))
     if unknown:
-        raise ConfigError(f"unknown key(s) in {path}: {', '.join(unknown)}")
+        raise ConfigError(f"unknown key(s) in {path}: {short(', '.join(unknown))}")
     return data
 
 
@@ -225,20 +275,20 @@ def resolve(preset: str | None = None, config_file: str | Path | None = None,
     preset = overrides.pop("preset", None) or preset or file_values.pop("preset", None) or "default"
     file_values.pop("preset", None)
     if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {short(preset)}; choose one of {', '.join(PRESETS)}")
     merged: dict[str, Any] = dict(PRESETS[preset])
     merged.update(file_values)
     merged.update(overrides)
     known = {f.name for f in fields(TransferConfig)}
-    unknown = sorted(set(merged) - known - RUN_KEYS)
+    unknown = sorted(map(str, set(merged) - known - RUN_KEYS))
     if unknown:
-        raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
+        raise ConfigError(f"unknown option(s): {short(', '.join(unknown))}")
     run = {k: merged.pop(k) for k in list(merged) if k in RUN_KEYS}
     try:
         config = TransferConfig(**{k: _coerce(k, v) for k, v in merged.items()})
     except TypeError as e:
-        raise ConfigError(f"invalid option: {e}") from None
+        raise ConfigError(f"invalid option: {short(str(e))}") from None
     return config, run
 
 
-__all__ = ["TransferConfig", "PRESETS", "DEFAULT_LAYERS", "REFERENCE_NEGATIVE_PROMPT", "resolve", "read_yaml"]
+__all__ = ["TransferConfig", "InputLimits", "PRESETS", "DEFAULT_LAYERS", "REFERENCE_NEGATIVE_PROMPT", "resolve", "read_yaml"]

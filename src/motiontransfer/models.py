@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from .errors import ModelError
 from .features import FeatureHooks
@@ -154,11 +156,21 @@ def unknown_words(prompt: str, vocabulary: tuple[str, ...] | None) -> list[str]:
 def read_defaults(path: Path, unet_config, vae_config) -> ModelDefaults:
     extra = path / "motiontransfer.json"
     if extra.exists():
-        data = json.loads(extra.read_text())
-        return ModelDefaults(width=int(data["width"]), height=int(data["height"]), frames=int(data["frames"]),
-                             fps=float(data.get("fps", DEFAULT_FPS)), negative_prompt=data.get("negative_prompt"),
-                             method=data.get("method_defaults") or None,
-                             vocabulary=tuple(data["vocabulary"]) if data.get("vocabulary") else None)
+        try:
+            data = _read_json(extra)
+            defaults = ModelDefaults(width=int(data["width"]), height=int(data["height"]),
+                                     frames=int(data["frames"]), fps=float(data.get("fps", DEFAULT_FPS)),
+                                     negative_prompt=data.get("negative_prompt"),
+                                     method=data.get("method_defaults") or None,
+                                     vocabulary=tuple(data["vocabulary"]) if data.get("vocabulary") else None)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ModelError(f"{extra} is not a valid model recommendation ({type(e).__name__}: "
+                             f"{str(e)[:100]})") from None
+        _check_bounds(extra, {"width": (defaults.width, 8, 8192), "height": (defaults.height, 8, 8192),
+                              "frames": (defaults.frames, 1, 1024)})
+        if not (0 < defaults.fps <= 1000) or (defaults.method is not None and not isinstance(defaults.method, dict)):
+            raise ModelError(f"{extra}: fps must be in (0, 1000] and method_defaults a mapping")
+        return defaults
     for key, (w, h, f) in KNOWN_SIZES.items():
         if key in path.name or key in path.parent.parent.name:      # a folder, or a hub cache snapshot
             return ModelDefaults(width=w, height=h, frames=f)
@@ -169,15 +181,88 @@ def read_defaults(path: Path, unet_config, vae_config) -> ModelDefaults:
     return ModelDefaults(width=side, height=side, frames=DEFAULT_FRAMES)
 
 
+MAX_CONFIG_JSON_BYTES = 1_000_000      # a component's config.json is a few kB
+
+
+def _read_json(path: Path) -> dict:
+    """A small JSON object from a model folder; ModelError when it is large, unreadable or not an object."""
+    try:
+        if path.stat().st_size > MAX_CONFIG_JSON_BYTES:
+            raise ModelError(f"{path} is over {MAX_CONFIG_JSON_BYTES // 1000} kB; a model config is a few kB")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read {path} ({type(e).__name__}); the model folder is damaged") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} must hold a JSON object")
+    return data
+
+
+def _check_bounds(source: Path, values: dict[str, tuple]) -> None:
+    """Each value (value, low, high) must be an int within [low, high]; a one-line ModelError names the field."""
+    for name, (value, low, high) in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ModelError(f"{source}: {name} = {str(value)[:40]} is outside the sane range {low}..{high}; "
+                             f"the model folder is damaged or not a text-to-video checkpoint")
+
+
+def check_model_configs(path: Path, torch_dtype: torch.dtype = torch.float32) -> int:
+    """Sanity-check the UNet, VAE and text-encoder configs before anything is allocated: every size field in a
+    sane range, and the weights' estimated size within this machine's memory. Returns the estimate in bytes;
+    raises a one-line ModelError naming the field otherwise."""
+    unet, vae, text = (_read_json(path / c / "config.json") for c in ("unet", "vae", "text_encoder"))
+
+    def ints(config: dict, name: str) -> list:
+        value = config.get(name)
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+
+    for label, config, low_lpb in (("unet", unet, 1), ("vae", vae, 1)):
+        source = path / label / "config.json"
+        channels = ints(config, "block_out_channels")
+        if not 1 <= len(channels) <= 8:
+            raise ModelError(f"{source}: block_out_channels has {len(channels)} entries; 1 to 8 expected")
+        _check_bounds(source, {f"block_out_channels[{i}]": (c, 1, 8192) for i, c in enumerate(channels)})
+        _check_bounds(source, {name: (v, 1, 64) for name in ("in_channels", "out_channels", "latent_channels")
+                               if (v := config.get(name)) is not None})
+        _check_bounds(source, {"layers_per_block": (config.get("layers_per_block", 2), low_lpb, 16)})
+        sizes = ints(config, "sample_size")
+        _check_bounds(source, {"sample_size": (s, 1, 2048) for s in sizes if s is not None})
+    source = path / "unet" / "config.json"
+    _check_bounds(source, {"cross_attention_dim": (v, 1, 16384) for v in ints(unet, "cross_attention_dim")
+                           if v is not None})
+    source = path / "text_encoder" / "config.json"
+    text_fields = {"hidden_size": (text.get("hidden_size", 512), 1, 16384),
+                   "intermediate_size": (text.get("intermediate_size", 2048), 1, 65536),
+                   "num_hidden_layers": (text.get("num_hidden_layers", 12), 1, 128),
+                   "vocab_size": (text.get("vocab_size", 49408), 1, 1_000_000),
+                   "max_position_embeddings": (text.get("max_position_embeddings", 77), 1, 16384)}
+    _check_bounds(source, text_fields)
+    # parameters, roughly (resnets, temporal convolutions and attention per level; encoder and decoder)
+    unet_params = 120 * (unet.get("layers_per_block", 2) + 1) * sum(c * c for c in ints(unet, "block_out_channels"))
+    vae_params = 60 * (vae.get("layers_per_block", 1) + 1) * sum(c * c for c in ints(vae, "block_out_channels"))
+    h, m, n, v, p = (text_fields[k][0] for k in text_fields)
+    text_params = (v + p) * h + n * (4 * h * h + 2 * h * m)
+    estimate = (unet_params + vae_params + text_params) * torch.tensor([], dtype=torch_dtype).element_size()
+    memory = _physical_memory()
+    if memory and estimate > memory:
+        raise ModelError(f"{path}: its configs describe about {estimate / 1e9:.0f} GB of weights, more than this "
+                         f"machine's {memory / 1e9:.0f} GB of memory (unet/vae block_out_channels, text_encoder "
+                         f"hidden_size); the model folder is damaged or too large for this machine")
+    return estimate
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def model_defaults(model: str | None = None) -> ModelDefaults:
     """What a checkpoint recommends (`read_defaults`), read from its folder without loading the weights."""
     from types import SimpleNamespace
 
     path = resolve_model_path(model)
-    try:
-        unet, vae = (SimpleNamespace(**json.loads((path / c / "config.json").read_text())) for c in ("unet", "vae"))
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot read the configs of the model in {path} ({type(e).__name__})") from None
+    unet, vae = (SimpleNamespace(**_read_json(path / c / "config.json")) for c in ("unet", "vae"))
     return read_defaults(path, unet, vae)
 
 
@@ -331,6 +416,7 @@ def load_model(model: str | None = None, *, device: str = "auto", dtype: str = "
     safe = check_model_folder(path, allow_unsafe_weights)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
+    check_model_configs(path, torch_dtype)
     try:
         unet = UNet3DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch_dtype,
                                                     use_safetensors=safe["unet"])
@@ -341,9 +427,12 @@ def load_model(model: str | None = None, *, device: str = "auto", dtype: str = "
                                                      use_safetensors=safe["text_encoder"])
         tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
         scheduler_config = json.loads(next((path / "scheduler").glob("*.json")).read_text())
-    except (OSError, ValueError, StopIteration, json.JSONDecodeError) as e:
-        raise ModelError(f"cannot load the model in {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-                         ) from None
+    except (OSError, ValueError, StopIteration, json.JSONDecodeError, SafetensorError, KeyError, TypeError,
+            RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "out of memory" in str(e).lower():
+            raise
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ModelError(f"cannot load the model in {path}: {first}") from None
     for m in (unet, vae, text_encoder):
         m.requires_grad_(False).eval().to(dev)
     identity = model_identity(path)

@@ -19,7 +19,7 @@ import platform
 import re
 import secrets
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +29,8 @@ import torch
 
 from . import __version__
 from .activations import activation_options
-from .config import REFERENCE_NEGATIVE_PROMPT, TransferConfig, explicit_keys, resolve
+from .config import (INVERT_IGNORES, METHOD_OPTIONS, REFERENCE_NEGATIVE_PROMPT, InputLimits, TransferConfig,
+                     explicit_keys, resolve, short)
 from .errors import ConfigError, OutputError, VideoError
 from .features import FeatureHooks
 from .initialization import initial_latent, sdedit_latent
@@ -37,9 +38,9 @@ from .inversion import InversionCache, ddim_invert, inversion_schedule, sampling
 from .losses import motion_loss, reduce_source
 from .models import TextToVideo, load_model
 from .sampling import SampleHistory, guidance_timesteps, guided_sample
-from .video import (Video, atomic_write_text, check_writable_dir, crop_region, describe_fit, frames_digest,
-                    read_video, resize_frames,
-                    side_by_side, write_frames, write_video)
+from .video import (Video, atomic_path, atomic_write_text, crop_region, describe_fit, folder_lock, frames_digest,
+                    is_temporary, read_video, remove_stale_temporaries, resize_frames, side_by_side, unsupported_type,
+                    write_frames, write_video)
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ def environment() -> dict:
                          "torch_threads": torch.get_num_threads(),
                          "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
                          "shipped_model": str(shipped_model_path()),
+                         "inversion_cache": str(InversionCache().directory),
                          "shipped_model_present": shipped_model_path().exists()}
 
 
@@ -126,10 +128,16 @@ def fill_from_model(config: TransferConfig, model: TextToVideo, explicit: set[st
     options (`motiontransfer.json`'s `method_defaults`) to every option not in `explicit`."""
     d = model.defaults
     recommended = {k: v for k, v in (d.method or {}).items() if k not in explicit}
+    unknown = set(recommended) - set(config.to_dict())
+    if unknown:
+        raise ConfigError(f"{model.path}/motiontransfer.json recommends unknown options "
+                          f"{short(sorted(map(str, unknown)))}")
+    refused = sorted(set(recommended) - set(METHOD_OPTIONS))
+    if refused:                  # where files go, what runs, what is cached: the user's to say, not a model's
+        logger.warning("ignoring %s in %s/motiontransfer.json: a model may recommend method options only",
+                       ", ".join(refused), model.path)
+        recommended = {k: v for k, v in recommended.items() if k in METHOD_OPTIONS}
     if recommended:
-        unknown = set(recommended) - set(config.to_dict())
-        if unknown:
-            raise ConfigError(f"{model.path}/motiontransfer.json recommends unknown options {sorted(unknown)}")
         logger.info("model recommends %s", ", ".join(f"{k}={v}" for k, v in recommended.items()))
         config = config.replace(**{k: tuple(v) if isinstance(v, list) else v for k, v in recommended.items()})
     negative = config.negative_prompt
@@ -141,12 +149,14 @@ def fill_from_model(config: TransferConfig, model: TextToVideo, explicit: set[st
                           seed=config.seed if config.seed is not None else secrets.randbits(31))
 
 
-def load_source(video: str | Path | Video | np.ndarray, config: TransferConfig, fps: float) -> Video:
-    """Reads and resizes the source; arrays (F, H, W, 3) uint8 are taken as they are, at `fps`."""
+def load_source(video: str | Path | Video | np.ndarray, config: TransferConfig, fps: float,
+                limits: InputLimits | None = None) -> Video:
+    """Reads (only the frames needed, within `limits`) and resizes the source; arrays (F, H, W, 3) uint8 are
+    taken as they are, at `fps`."""
     if isinstance(video, np.ndarray):
         video = Video(frames=video, fps=fps, source="<array>")
     elif not isinstance(video, Video):
-        video = read_video(video, frames=config.frames, stride=config.stride, start=config.start)
+        video = read_video(video, frames=config.frames, stride=config.stride, start=config.start, limits=limits)
     frames = video.frames[:config.frames]
     if len(frames) < config.frames:
         raise ConfigError(f"the video has {len(frames)} frames; {config.frames} are needed")
@@ -161,28 +171,86 @@ def load_source(video: str | Path | Video | np.ndarray, config: TransferConfig, 
     return Video(frames=frames, fps=video.fps, source=video.source, fit=fit)
 
 
-def check_video_path(video) -> None:
-    if isinstance(video, (str, Path)) and not Path(video).exists():
-        raise VideoError(f"{video} does not exist")
+def check_source(video, config: TransferConfig, fps: float | None) -> None:
+    """Cheap checks of the source and of the options that select from it, before the model loads: the path
+    exists and has a readable type; `start`/`stride` need a file (slice an array yourself); `fps` is for arrays
+    and image folders, whose frames carry no rate."""
+    if isinstance(video, (str, Path)):
+        path = Path(video)
+        if not path.exists():
+            raise VideoError(f"{video} does not exist")
+        unsupported = unsupported_type(path)
+        if unsupported:
+            raise VideoError(unsupported)
+        if fps is not None and not path.is_dir():
+            raise ConfigError(f"--fps sets the rate of an image folder; {path.name} has its own, so --fps would do "
+                              f"nothing: leave it out (--stride changes the rate)")
+    elif isinstance(video, np.ndarray) and (config.start != 0 or config.stride != 1):
+        raise ConfigError(f"start={config.start}, stride={config.stride} select frames of a file; for an array "
+                          f"they would do nothing: pass frames[start::stride] instead")
 
 
 def slug(text: str, limit: int = 40) -> str:
+    """A folder name from `text`: lower-case ASCII letters and digits, runs of anything else as "-", cut at
+    `limit`; "empty" when nothing is left."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "empty"
 
 
-def default_output_dir(video: Any, prompt: str) -> Path:
+def prompt_folder_names(prompts: list[str], limit: int = 40) -> list[str]:
+    """One distinct folder name per prompt: its `slug`, followed by 8 hex digits of the prompt's hash when the
+    slug loses part of it (cut at `limit`, or nothing left, as with non-ASCII prompts) or when another prompt
+    of the list has the same slug (case and punctuation are dropped). Raises ConfigError for a repeated prompt."""
+    repeated = sorted({p for p in prompts if prompts.count(p) > 1})
+    if repeated:
+        raise ConfigError(f"the prompt {_clip(repeated[0])!r} is given more than once")
+    slugs = [slug(p, limit) for p in prompts]
+    names = []
+    for prompt, name in zip(prompts, slugs):
+        lossy = name == "empty" or len(slug(prompt, limit=len(prompt) + 1)) > limit
+        if lossy or slugs.count(name) > 1:
+            name = f"{name}-{hashlib.sha256(prompt.encode()).hexdigest()[:8]}"
+        names.append(name)
+    return names
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def default_output_dir(video: Any, prompt: str, name: str | None = None) -> Path:
+    """outputs/<video>-<prompt's folder name> (`name`, from `prompt_folder_names` over all the run's prompts;
+    the prompt's own otherwise)."""
     stem = Path(str(getattr(video, "source", video))).stem if not isinstance(video, np.ndarray) else "array"
-    return Path("outputs") / f"{slug(stem, 30)}-{slug(prompt)}"
+    return Path("outputs") / f"{slug(stem, 30)}-{name or prompt_folder_names([prompt])[0]}"
 
 
-def prepare_output_dir(path: Path, overwrite: bool) -> Path:
-    if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise OutputError(f"{path} already holds a result; pass --overwrite to replace it or choose another "
-                              f"--output-dir")
-        if not (path / "run.json").exists() and not (path / "result.mp4").exists():
-            raise OutputError(f"{path} is not empty and holds no earlier result; refusing to overwrite it")
-    return check_writable_dir(path)
+def check_output_dir(path: Path, overwrite: bool) -> None:
+    """Raise `OutputError` unless a result may be written to `path`: it is absent, an empty folder, or (with
+    `overwrite`) a folder holding an earlier result (`run.json`). Temporaries of interrupted runs do not count."""
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path} is a file, not a folder; choose another --output-dir")
+    entries = [e for e in path.iterdir() if not is_temporary(e)] if path.is_dir() else []
+    if not entries:
+        return
+    if not (path / "run.json").is_file():
+        raise OutputError(f"{path} holds files but no result (no run.json); choose another --output-dir, or "
+                          f"empty it first")
+    if not overwrite:
+        raise OutputError(f"{path} already holds a result; pass --overwrite to replace it or choose another "
+                          f"--output-dir")
+
+
+@contextmanager
+def result_folders(directories: list[Path], overwrite: bool):
+    """Lock every result folder (`video.folder_lock`: a concurrent run into one of them fails at once), remove
+    what interrupted runs left beside them, and check each may be written; the locks hold until the block ends.
+    Results are then written whole with `write_outputs`."""
+    with ExitStack() as stack:
+        for d in directories:
+            stack.enter_context(folder_lock(d))
+            remove_stale_temporaries(d)
+            check_output_dir(d, overwrite)
+        yield directories
 
 
 # ---------------------------------------------------------------------------------------------- progress
@@ -235,17 +303,20 @@ def inversion_settings(config: TransferConfig, keep: list[int], dtype: torch.dty
 @dataclass
 class Inverted:
     latents: dict[int, torch.Tensor]          # {t: x_t (1, C, F, h, w)} on the model's device
-    cached: bool
+    cached: bool                              # read from the cache
     key: str
+    saved: bool = False                       # written to the cache by this call
 
 
 def invert_latents(model: TextToVideo, frames: np.ndarray, config: TransferConfig, keep: list[int], *,
                    progress: bool, timer: Timer, counts: dict, on_progress: ProgressFn | None = None) -> Inverted:
     cache = InversionCache(config.cache_dir)
     key = cache.key(frames_digest(frames), model.identity, inversion_settings(config, keep, model.dtype))
+    shape = (1, model.unet.config.in_channels, len(frames), frames.shape[1] // model.vae_scale,
+             frames.shape[2] // model.vae_scale)
     if config.use_cache:
-        hit = cache.load(key)
-        if hit is not None and set(keep) <= set(hit):
+        hit = cache.load(key, timesteps=keep, shape=shape, dtype=model.dtype)
+        if hit is not None:
             logger.info("reusing the cached inversion %s", cache.path(key))
             return Inverted({t: v.to(model.device) for t, v in hit.items()}, cached=True, key=key)
     with timer("encode"):
@@ -265,12 +336,16 @@ def invert_latents(model: TextToVideo, frames: np.ndarray, config: TransferConfi
                 on_progress(ProgressEvent("inversion", i + 1, total))
         latents = ddim_invert(predict, x0, model.scheduler_config, config.inversion_steps, keep, progress=progress,
                               callback=step)
+    latents = {t: v.to(model.dtype) for t, v in latents.items()}
+    saved = False
     if config.use_cache:
         try:
             cache.save(key, latents)
-        except OSError as e:
-            logger.warning("could not write the inversion cache (%s); continuing", e)
-    return Inverted(latents, cached=False, key=key)
+            saved = True
+        except Exception as e:             # a full disk, a read-only folder...: the transfer goes on without it
+            logger.warning("could not write the inversion cache %s (%s); continuing without it", cache.path(key),
+                           str(e)[:200])
+    return Inverted(latents, cached=False, key=key, saved=saved)
 
 
 # ---------------------------------------------------------------------------------------------- transfer
@@ -449,22 +524,31 @@ def run_record(result: TransferResult, model: TextToVideo, video_source: str, fi
     }
 
 
-def write_outputs(directory: Path, result: TransferResult, record: dict, *, overwrite: bool) -> None:
-    """result.mp4, frames/, comparison.mp4, then run.json last: a folder with run.json is complete."""
-    stale = directory / "run.json"
-    if stale.exists():
-        stale.unlink()                                   # overwrite was allowed; the old result is no longer whole
-    write_video(directory / "result.mp4", result.frames, result.fps, min_size=PREVIEW_MIN_SIZE)
-    write_frames(directory / "frames", result.frames, overwrite=True)
-    write_video(directory / "comparison.mp4", side_by_side(result.source, result.frames), result.fps,
-                min_size=PREVIEW_MIN_SIZE)
-    atomic_write_text(directory / "run.json", json.dumps(record, indent=2))
+def write_outputs(directory: Path, result: TransferResult, record: dict, *,
+                  extra: Callable[[Path], None] | None = None) -> None:
+    """result.mp4, frames/, comparison.mp4, whatever `extra(folder)` adds, and run.json, written into a temporary
+    folder that then takes `directory`'s place (`video.atomic_path`): a reader sees the earlier result or this
+    one, whole, never a part or a mix. Call it under `result_folders`."""
+    with atomic_path(directory, keep_suffix=False) as folder:
+        try:
+            folder.mkdir()
+        except OSError as error:
+            raise OutputError(f"Cannot write {directory}: {error.strerror or error}. Choose another --output-dir.") \
+                from error
+        write_video(folder / "result.mp4", result.frames, result.fps, min_size=PREVIEW_MIN_SIZE)
+        write_frames(folder / "frames", result.frames, overwrite=True)
+        write_video(folder / "comparison.mp4", side_by_side(result.source, result.frames), result.fps,
+                    min_size=PREVIEW_MIN_SIZE)
+        if extra is not None:
+            extra(folder)
+        atomic_write_text(folder / "run.json", json.dumps(record, indent=2))
 
 
 def transfer(video: str | Path | np.ndarray, prompt: str, *, output_dir: str | Path | None = None,
              overwrite: bool = False, quiet: bool = False, preset: str | None = None,
              config: str | Path | TransferConfig | None = None, fps: float | None = None,
-             on_progress: ProgressFn | None = None, **options) -> TransferResult:
+             limits: InputLimits | None = None, on_progress: ProgressFn | None = None,
+             **options) -> TransferResult:
     """Motion transfer: `video` (a path, or frames (F, H, W, 3) uint8) re-rendered as `prompt` describes.
 
     `options` are any `TransferConfig` fields (e.g. `steps=25, seed=0`). With `output_dir=None` the result is
@@ -475,13 +559,14 @@ def transfer(video: str | Path | np.ndarray, prompt: str, *, output_dir: str | P
         raise TypeError(f"transfer takes one prompt (a str), got {type(prompt).__name__}; use transfer_many for "
                         f"several")
     return transfer_many(video, [prompt], output_dir=output_dir, overwrite=overwrite, quiet=quiet, preset=preset,
-                         config=config, fps=fps, on_progress=on_progress, **options)[0]
+                         config=config, fps=fps, limits=limits, on_progress=on_progress, **options)[0]
 
 
 def transfer_many(video: str | Path | np.ndarray, prompts: list[str], *, output_dir: str | Path | None = None,
                   overwrite: bool = False, quiet: bool = False, preset: str | None = None,
                   config: str | Path | TransferConfig | None = None, fps: float | None = None,
-                  on_progress: ProgressFn | None = None, **options) -> list[TransferResult]:
+                  limits: InputLimits | None = None, on_progress: ProgressFn | None = None,
+                  **options) -> list[TransferResult]:
     """`transfer` for several prompts on one video, in order: they share one inversion and the source features.
 
     With `output_dir` given and more than one prompt, each result goes to `output_dir/<prompt>`. `on_progress`
@@ -495,32 +580,26 @@ def transfer_many(video: str | Path | np.ndarray, prompts: list[str], *, output_
     cfg, run, explicit = _config(preset, config, options)
     output_dir = run.get("output_dir", output_dir)
     overwrite = bool(run.get("overwrite", overwrite))
-    check_video_path(video)                       # cheap checks before the (possibly long) model load
+    check_source(video, cfg, fps)                 # cheap checks before the (possibly long) model load
     directories = []
     if output_dir is not False:
-        for p in prompts:
-            base = Path(output_dir) if output_dir else default_output_dir(video, p)
-            directories.append(base if len(prompts) == 1 or output_dir is None else base / slug(p))
-        for d in directories:
-            prepare_output_dir(d, overwrite)
+        names = prompt_folder_names(prompts)
+        for p, name in zip(prompts, names):
+            base = Path(output_dir) if output_dir else default_output_dir(video, p, name)
+            directories.append(base if len(prompts) == 1 or output_dir is None else base / name)
     timer = Timer()
-    try:
+    with result_folders(directories, overwrite):
         with timer("load"):
             model = get_model(cfg)
         cfg = fill_from_model(cfg, model, explicit)
         with timer("read"):
-            source = load_source(video, cfg, fps or model.defaults.fps)
+            source = load_source(video, cfg, fps or model.defaults.fps, limits)
         results = generate(model, source, prompts, cfg, progress=not quiet, timer=timer, on_progress=on_progress)
-    except BaseException:
-        for d in directories:                    # leave no empty folder behind a failed run
-            if d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
-        raise
-    for i, result in enumerate(results):
-        result.record = run_record(result, model, source.source, source.fit)
-        if directories:
-            result.output_dir = directories[i]
-            write_outputs(directories[i], result, result.record, overwrite=overwrite)
+        for i, result in enumerate(results):
+            result.record = run_record(result, model, source.source, source.fit)
+            if directories:
+                result.output_dir = directories[i]
+                write_outputs(directories[i], result, result.record)
     return results
 
 
@@ -550,21 +629,37 @@ class InversionResult:
 
 def invert(video: str | Path | np.ndarray, *, quiet: bool = False, preset: str | None = None,
            config: str | Path | TransferConfig | None = None, fps: float | None = None,
-           **options) -> InversionResult:
-    """Fills the inversion cache for `video`; returns where it is and whether it was there already."""
+           limits: InputLimits | None = None, **options) -> InversionResult:
+    """Fills the inversion cache for `video`; returns where it is and whether it was there already.
+
+    Options that would do nothing here (`config.INVERT_IGNORES`, `use_cache=False`) are errors when given as
+    keyword arguments (flags); a config file shared with `transfer` may hold them."""
+    ignored = [k for k in INVERT_IGNORES if options.get(k) is not None]
+    if ignored:
+        raise ConfigError(f"invert only inverts the source into the cache; {', '.join(ignored)} would do nothing "
+                          f"there: leave {'it' if len(ignored) == 1 else 'them'} out")
+    if options.get("use_cache") is False:
+        raise ConfigError("invert only fills the cache; --no-cache would make it do nothing")
     cfg, _, explicit = _config(preset, config, options)
     if cfg.vae_encode == "sample" and cfg.seed is None:
         raise ConfigError("with vae_encode: sample the inversion depends on the seed; pass --seed, the one the "
                           "transfers that should reuse this inversion will use")
+    if options.get("seed") is not None and cfg.vae_encode != "sample":
+        raise ConfigError("the inversion does not depend on the seed unless --vae-encode sample; --seed would do "
+                          "nothing here: leave it out")
+    check_source(video, cfg, fps)
     model = get_model(cfg)
     cfg = fill_from_model(cfg, model, explicit)
-    source = load_source(video, cfg, fps or model.defaults.fps)
+    source = load_source(video, cfg, fps or model.defaults.fps, limits)
     timesteps = sampling_timesteps(model.scheduler_config, cfg.steps)
     keep = sorted(set(guidance_timesteps(timesteps, cfg.guidance_window)) | {timesteps[0]})
     timer = Timer()
     counts = new_counts()
     inverted = invert_latents(model, source.frames, cfg.replace(use_cache=True), keep, progress=not quiet,
                               timer=timer, counts=counts)
+    if not (inverted.cached or inverted.saved):
+        raise OutputError(f"could not write the inversion cache in {InversionCache(cfg.cache_dir).directory}; "
+                          f"see the warning above, or pass another --cache-dir")
     return InversionResult(cache=InversionCache(cfg.cache_dir).path(inverted.key), cached=inverted.cached,
                            timesteps=keep, timings=timer.seconds, unet_forward=counts["unet_forward"])
 
@@ -572,32 +667,38 @@ def invert(video: str | Path | np.ndarray, *, quiet: bool = False, preset: str |
 def analyze(video: str | Path | np.ndarray, *, target: str = "smm", seeds: int | list[int] = 3,
             output_dir: str | Path | None = None, overwrite: bool = False, quiet: bool = False,
             preset: str | None = None, config: str | Path | TransferConfig | None = None,
-            fps: float | None = None, **options) -> list[TransferResult]:
+            fps: float | None = None, limits: InputLimits | None = None, **options) -> list[TransferResult]:
     """Feature inversion (Eq. 1): regenerate the video from random noise with the source prompt, matching the
     source's full features (`target="features"`) or their SMM (`"smm"`), once per seed.
 
     Full features reproduce the video nearly exactly; SMM keeps layout and motion and lets appearance vary.
     """
     if target not in ("features", "smm"):
-        raise ConfigError(f"--target must be features or smm, got {target!r}")
+        raise ConfigError(f"--target must be features or smm, got {short(target)}")
+    fixed = [k for k in ("init", "loss", "seed") if options.get(k) is not None]
+    if fixed:
+        raise ConfigError(f"analyze sets init=random, loss={target} and the seeds itself; {', '.join(fixed)} would "
+                          f"do nothing (--target chooses the loss, --seeds the seeds)")
     cfg, run, explicit = _config(preset, config, {**options, "init": "random", "loss": target})
+    check_source(video, cfg, fps)
     output_dir = Path(run.get("output_dir", output_dir) or default_output_dir(video, f"analyze-{target}"))
     overwrite = bool(run.get("overwrite", overwrite))
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-    model = get_model(cfg)
-    cfg = fill_from_model(cfg, model, explicit)
-    source = load_source(video, cfg, fps or model.defaults.fps)
-    prompt = cfg.source_prompt
+    if len(set(seed_list)) != len(seed_list):
+        raise ConfigError(f"--seeds repeats a seed: {seed_list[:10]}")
+    directories = [output_dir / f"seed-{seed}" for seed in seed_list]
     results = []
-    for seed in seed_list:
-        directory = output_dir / f"seed-{seed}"
-        prepare_output_dir(directory, overwrite)
-        seed_cfg = cfg.replace(seed=seed)
-        result = generate(model, source, [prompt or ""], seed_cfg, progress=not quiet)[0]
-        result.record = run_record(result, model, source.source, source.fit) | {"analysis": target}
-        result.output_dir = directory
-        write_outputs(directory, result, result.record, overwrite=overwrite)
-        results.append(result)
+    with result_folders(directories, overwrite):
+        model = get_model(cfg)
+        cfg = fill_from_model(cfg, model, explicit)
+        source = load_source(video, cfg, fps or model.defaults.fps, limits)
+        prompt = cfg.source_prompt
+        for seed, directory in zip(seed_list, directories):
+            result = generate(model, source, [prompt or ""], cfg.replace(seed=seed), progress=not quiet)[0]
+            result.record = run_record(result, model, source.source, source.fit) | {"analysis": target}
+            result.output_dir = directory
+            write_outputs(directory, result, result.record)
+            results.append(result)
     return results
 
 
@@ -613,4 +714,5 @@ def _config(preset, config, options) -> tuple[TransferConfig, dict, set[str]]:
 
 
 __all__ = ["transfer", "transfer_many", "invert", "analyze", "text_to_video", "environment", "generate",
+           "result_folders", "write_outputs",
            "TransferResult", "InversionResult", "ProgressEvent", "ModelCache", "MODELS", "get_model"]

@@ -15,13 +15,16 @@ leaves nothing behind.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import math
 import os
 import re
 import secrets
+import shlex
 import shutil
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -33,7 +36,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from .config import RESIZE_POLICIES
+from .config import RESIZE_POLICIES, InputLimits
 from .errors import OutputError, VideoError
 
 logger = logging.getLogger(__name__)
@@ -58,11 +61,15 @@ class Video:
 
 # --------------------------------------------------------------------------------------------------- reading
 
-def read_video(path: str | os.PathLike, *, frames: int | None = None, stride: int = 1, start: int = 0) -> Video:
+def read_video(path: str | os.PathLike, *, frames: int | None = None, stride: int = 1, start: int = 0,
+               limits: InputLimits | None = None, allow_fewer: bool = False) -> Video:
     """Read frames `start, start + stride, ...` of a video file, gif or image folder; `frames` of them, or all.
 
+    Only the frames up to the last one taken are decoded. `limits` (default `InputLimits()`) are checked from the
+    file's size and header before any frame is decoded, and again as frames come. With `allow_fewer`, a source
+    with fewer than `frames` selectable frames gives what it has instead of an error.
     The returned fps is the source's rate divided by `stride` (an image folder counts as `FOLDER_FPS`).
-    Raises `VideoError` when the path is missing, unsupported, undecodable or holds too few frames.
+    Raises `VideoError` when the path is missing, unsupported, undecodable, over a limit or holds too few frames.
     """
     if frames is not None and frames < 1:
         raise VideoError(f"The number of frames must be at least 1, not {frames}.")
@@ -70,6 +77,7 @@ def read_video(path: str | os.PathLike, *, frames: int | None = None, stride: in
         raise VideoError(f"The stride must be at least 1, not {stride}.")
     if start < 0:
         raise VideoError(f"The start frame must be 0 or more, not {start}.")
+    limits = limits or InputLimits()
     path = Path(path)
     if not path.exists():
         raise VideoError(f"{path} does not exist; check the path.")
@@ -80,12 +88,63 @@ def read_video(path: str | os.PathLike, *, frames: int | None = None, stride: in
     elif path.suffix.lower() == GIF_SUFFIX:
         reader = _read_gif
     else:
-        supported = ", ".join(VIDEO_SUFFIXES + (GIF_SUFFIX,))
-        raise VideoError(f"{path} has an unsupported type {path.suffix or '(no extension)'!r}; "
-                         f"pass a {supported} file or a folder of images.")
-    selected, source_fps = reader(path, frames, stride, start)
+        raise VideoError(unsupported_type(path))
+    if frames is not None:
+        _limit(path, "frames", frames, limits.max_frames, "--max-frames")
+    request = _Request(path, frames, stride, start, limits, allow_fewer)
+    with warnings.catch_warnings():         # the limits above replace Pillow's decompression-bomb warning
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        selected, source_fps = reader(request)
     logger.debug("read %d frames of %s (start %d, stride %d)", len(selected), path, start, stride)
     return Video(frames=np.stack(selected), fps=source_fps / stride, source=str(path))
+
+
+def unsupported_type(path: Path) -> str | None:
+    """The error message for an input path `read_video` cannot read by its type; None when it can (or when it
+    does not exist yet). Checked before a model loads."""
+    if not path.exists() or path.is_dir() or path.suffix.lower() in VIDEO_SUFFIXES + (GIF_SUFFIX,):
+        return None
+    supported = ", ".join(VIDEO_SUFFIXES + (GIF_SUFFIX,))
+    return (f"{path} has an unsupported type {_clip(path.suffix, 20) or '(no extension)'!r}; "
+            f"pass a {supported} file or a folder of images.")
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """`text` cut to `limit` characters for an error message (inputs can be arbitrarily long)."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+@dataclass
+class _Request:
+    path: Path
+    frames: int | None
+    stride: int
+    start: int
+    limits: InputLimits
+    allow_fewer: bool
+
+    def count(self, available: int) -> int:
+        """How many frames will be taken from `available` source frames."""
+        return len(range(self.start, available, self.stride)[:self.frames])
+
+    def check_file_size(self, size: int) -> None:
+        _limit(self.path, "size in MB", size / 1e6, self.limits.max_file_mb, "--max-file-mb")
+
+    def check_frame(self, width: int, height: int, count: int) -> None:
+        """Before decoding: one frame of width x height, `count` of them to be read."""
+        _limit(self.path, "frames to read", count, self.limits.max_frames, "--max-frames")
+        _limit(self.path, f"pixels per frame ({width}x{height})", width * height, self.limits.max_frame_pixels,
+               "--max-frame-pixels")
+        _limit(self.path, f"pixels in all ({count} frames of {width}x{height})", count * width * height,
+               self.limits.max_total_pixels, "--max-total-pixels")
+
+
+def _limit(path: Path, what: str, value: float, limit: float, flag: str) -> None:
+    if value > limit:
+        shown = (lambda v: f"{v:,}" if isinstance(v, int) else f"{v:.6g}")
+        raise VideoError(f"{_clip(path.name)}: {what} is {shown(value)}, over the limit of {shown(limit)}; "
+                         f"pass {flag} {math.ceil(value)} "
+                         f"or more to read it anyway, or cut the input down (--frames, --stride, --region).")
 
 
 def _needed(frames: int | None, stride: int, start: int) -> int | None:
@@ -93,14 +152,15 @@ def _needed(frames: int | None, stride: int, start: int) -> int | None:
     return None if frames is None else start + stride * (frames - 1) + 1
 
 
-def _check_count(path: Path, available: int, frames: int | None, stride: int, start: int) -> None:
+def _check_count(request: _Request, available: int) -> None:
     """Raise the too-few-frames error when `available` source frames cannot give what was asked."""
+    path, frames, stride, start = request.path, request.frames, request.stride, request.start
     selectable = len(range(start, available, stride))
     if selectable == 0:
         raise VideoError(f"{path.name} has {available} frames; start {start} is past its end. "
                          f"Pass --start {max(available - 1, 0)} or lower.")
     needed = _needed(frames, stride, start)
-    if needed is not None and available < needed:
+    if needed is not None and available < needed and not request.allow_fewer:
         raise VideoError(f"{path.name} has {available} frames; {needed} are needed (start {start}, stride {stride}). "
                          f"Pass --frames {selectable} or fewer, or a lower --stride.")
 
@@ -112,11 +172,13 @@ def _check_size(path: Path, index: int, frame: np.ndarray, first: np.ndarray) ->
 
 
 def _undecodable(path: Path, error: Exception) -> VideoError:
-    return VideoError(f"{path} could not be decoded ({error}); check that it plays, or re-encode it with "
-                      f"`ffmpeg -i {path.name} -c:v libx264 -pix_fmt yuv420p fixed.mp4`.")
+    return VideoError(f"{path} could not be decoded ({_clip(str(error), 200)}); check that it plays, or re-encode it "
+                      f"with `ffmpeg -i {shlex.quote(str(path))} -c:v libx264 -pix_fmt yuv420p fixed.mp4`.")
 
 
-def _read_container(path: Path, frames: int | None, stride: int, start: int) -> tuple[list[np.ndarray], float]:
+def _read_container(request: _Request) -> tuple[list[np.ndarray], float]:
+    path, frames, stride, start = request.path, request.frames, request.stride, request.start
+    request.check_file_size(path.stat().st_size)
     needed = _needed(frames, stride, start)
     selected: list[np.ndarray] = []
     count = 0
@@ -126,8 +188,12 @@ def _read_container(path: Path, frames: int | None, stride: int, start: int) -> 
                 raise VideoError(f"{path} holds no video stream (audio only, or not a video); pass a video file.")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate
+            width, height = stream.codec_context.width, stream.codec_context.height
+            declared = request.count(stream.frames) if stream.frames else (frames or 1)
+            request.check_frame(width, height, declared)
             for frame in container.decode(stream):
                 if count >= start and (count - start) % stride == 0:
+                    request.check_frame(frame.width, frame.height, len(selected) + 1)
                     selected.append(frame.to_ndarray(format="rgb24"))
                     _check_size(path, count, selected[-1], selected[0])
                 count += 1
@@ -138,7 +204,7 @@ def _read_container(path: Path, frames: int | None, stride: int, start: int) -> 
     if count == 0:
         raise VideoError(f"{path} has a video stream but no frame could be decoded; check that it plays, "
                          f"or re-encode it with ffmpeg.")
-    _check_count(path, count, frames, stride, start)
+    _check_count(request, count)
     if rate:
         fps = float(rate)
     else:
@@ -147,12 +213,16 @@ def _read_container(path: Path, frames: int | None, stride: int, start: int) -> 
     return selected, fps
 
 
-def _read_gif(path: Path, frames: int | None, stride: int, start: int) -> tuple[list[np.ndarray], float]:
+def _read_gif(request: _Request) -> tuple[list[np.ndarray], float]:
+    path, frames, stride, start = request.path, request.frames, request.stride, request.start
+    request.check_file_size(path.stat().st_size)
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:     # reads the header only: the canvas size, not the frames
+            request.check_frame(*image.size, 1)
             count = getattr(image, "n_frames", 1)
-            _check_count(path, count, frames, stride, start)
+            _check_count(request, count)
             indices = range(start, count, stride)[:frames]
+            request.check_frame(*image.size, len(indices))
             selected = []
             durations = []      # ms, of the frames up to the last one taken: they set the rate
             for index in range(indices[-1] + 1):
@@ -162,9 +232,16 @@ def _read_gif(path: Path, frames: int | None, stride: int, start: int) -> tuple[
                 if index in indices:
                     selected.append(_pil_to_rgb(image))
                     _check_size(path, index, selected[-1], selected[0])
+    except Image.DecompressionBombError as error:
+        raise _bomb(path, error) from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:  # Pillow's decoding errors
         raise _undecodable(path, error) from error
     return selected, 1000.0 / float(np.mean(durations))
+
+
+def _bomb(path: Path, error: Exception) -> VideoError:
+    return VideoError(f"{path.name} declares an image too large to decode safely ({_clip(str(error), 120)}); "
+                      f"check the file, or resize it first.")
 
 
 def _natural_key(name: str) -> tuple:
@@ -173,17 +250,23 @@ def _natural_key(name: str) -> tuple:
     return tuple(int(part) if i % 2 else part for i, part in enumerate(parts)), name
 
 
-def _read_folder(path: Path, frames: int | None, stride: int, start: int) -> tuple[list[np.ndarray], float]:
+def _read_folder(request: _Request) -> tuple[list[np.ndarray], float]:
+    path, frames, stride, start = request.path, request.frames, request.stride, request.start
     files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
                    key=lambda p: _natural_key(p.name))
     if not files:
         raise VideoError(f"{path} holds no images; put numbered {', '.join(IMAGE_SUFFIXES)} frames in it.")
-    _check_count(path, len(files), frames, stride, start)
+    _check_count(request, len(files))
+    indices = range(start, len(files), stride)[:frames]
+    request.check_file_size(sum(files[i].stat().st_size for i in indices))
     selected = []
-    for index in range(start, len(files), stride)[:frames]:
+    for index in indices:
         try:
-            with Image.open(files[index]) as image:
+            with Image.open(files[index]) as image:     # the header only, until the pixels are asked for
+                request.check_frame(*image.size, len(indices))
                 selected.append(_pil_to_rgb(ImageOps.exif_transpose(image)))
+        except Image.DecompressionBombError as error:
+            raise _bomb(files[index], error) from None
         except (OSError, SyntaxError, ValueError) as error:
             raise VideoError(f"{files[index]} could not be decoded ({error}); check that it opens in an image "
                              f"viewer, or export it again.") from error
@@ -375,6 +458,78 @@ def atomic_path(path: str | os.PathLike, *, keep_suffix: bool = True) -> Iterato
     except BaseException:
         _remove(temporary)
         raise
+
+
+def is_temporary(path: Path, of: Path | None = None) -> bool:
+    """Whether `path` is a temporary `atomic_path` made (of `of`, when given): `.<name>.tmp-<pid>-<token>...`."""
+    name = path.name
+    prefix = f".{of.name}.tmp-" if of is not None else "."
+    return name.startswith(prefix) and ".tmp-" in name
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove what interrupted writes of `path` left beside it, and, when `path` is a folder, inside it
+    (temporaries of `atomic_path`); returns them. Call it only while no other process writes `path` (under
+    `folder_lock`).
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    stale = [p for p in path.parent.iterdir() if is_temporary(p, of=path)]
+    if path.is_dir() and not path.is_symlink():
+        stale += [p for p in path.iterdir() if is_temporary(p)]
+    for p in stale:
+        logger.info("removing %s, left by an interrupted run", p)
+        _remove(p)
+    return stale
+
+
+@contextmanager
+def folder_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on the result folder `path` (which need not exist) for the block.
+
+    The lock is an `flock` on `<parent>/.<name>.lock`: the system drops it when the holder exits, however it
+    exits, so a killed run never blocks the next. A second process asking for it gets `OutputError` at once.
+    The parent folder is created if needed. Yields `path`.
+    """
+    path = Path(path)
+    try:
+        parent = check_writable_dir(path.parent)
+    except OutputError as error:
+        cause = error.__cause__
+        reason = "it is a file" if path.parent.is_file() else getattr(cause, "strerror", None) or str(cause)
+        raise OutputError(f"Cannot write {path}: {path.parent} is not a writable folder ({reason}). "
+                          f"Choose another --output-dir.") from cause
+    lock = parent / f".{path.name}.lock"
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as error:
+            raise _cannot_write(path, error) from error
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise OutputError(f"{path} is being written by another run{f' (pid {holder})' if holder.isdigit() else ''}"
+                              f"; wait for it to finish or choose another --output-dir.") from None
+        try:                            # the last holder may have removed the file between our open and flock
+            current = os.stat(lock).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield path
+    finally:
+        try:
+            lock.unlink(missing_ok=True)
+        except OSError:
+            pass
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -1,11 +1,11 @@
-"""The demo on a tiny random model: what it writes, and that it runs again over its own result."""
+"""The demo on a tiny random model: what it writes, and that it replaces an earlier result only when asked."""
 
 import json
 
 import numpy as np
 import pytest
 
-from motiontransfer.errors import ConfigError
+from motiontransfer.errors import ConfigError, OutputError
 from motiontransfer.shapes import world
 from motiontransfer.shapes.demo import demo, target_prompt
 
@@ -27,10 +27,13 @@ def test_demo_writes_source_result_comparison_and_trajectory_plot(opts, tmp_path
     assert done.trajectory == record["demo"]["trajectory"] and done.transfer.prompt == done.prompt
 
 
-def test_demo_runs_again_over_its_own_earlier_result(opts, tmp_path):
+def test_demo_replaces_its_earlier_result_only_with_overwrite(opts, tmp_path):
     kwargs = dict(output_dir=tmp_path / "demo", model=opts["model"], steps=2, cache_dir=opts["cache_dir"], quiet=True)
     demo(seed=0, **kwargs)
-    demo(seed=1, **kwargs)
+    with pytest.raises(OutputError, match="--overwrite"):
+        demo(seed=1, **kwargs)
+    assert json.loads((tmp_path / "demo" / "run.json").read_text())["seed"] == 0
+    demo(seed=1, overwrite=True, **kwargs)
     assert json.loads((tmp_path / "demo" / "run.json").read_text())["seed"] == 1
 
 

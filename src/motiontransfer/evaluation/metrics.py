@@ -488,10 +488,12 @@ def score_videos(
 
 def score_files(original: str | Path, edited: str | Path, *, mask: str | Path | None = None,
                 box: tuple[float, float, float, float] | None = None, tracker: str = "lk", grid: int = DEFAULT_GRID,
-                cotracker_checkpoint: str | Path | None = None, output: str | Path | None = None) -> dict:
+                cotracker_checkpoint: str | Path | None = None, output: str | Path | None = None,
+                limits=None) -> dict:
     """`score_videos` of two video files or image folders (`motiontransfer score`). `mask` is an image of the
     original's first frame (white = the object), resized to the video's size when it differs; `output`, when
-    given, also receives the result as JSON."""
+    given, also receives the result as JSON. The edited video is read first, then only as many frames of the
+    original (within `limits`, a `config.InputLimits`)."""
     import json
 
     from ..video import atomic_write_text, read_video
@@ -502,11 +504,12 @@ def score_files(original: str | Path, edited: str | Path, *, mask: str | Path | 
         if image is None:
             raise MotionTransferError(f"cannot read the mask image {mask}")
         mask_array = image > 127
-    frames = read_video(original).frames
+    edited_frames = read_video(edited, limits=limits).frames
+    frames = read_video(original, frames=len(edited_frames), limits=limits, allow_fewer=True).frames
     if mask_array is not None and mask_array.shape != frames.shape[1:3]:
         mask_array = cv2.resize(mask_array.astype("uint8"), frames.shape[1:3][::-1],
                                 interpolation=cv2.INTER_NEAREST) > 0
-    result = score_videos(frames, read_video(edited).frames, tracker=tracker, grid=grid, mask=mask_array, box=box,
+    result = score_videos(frames, edited_frames, tracker=tracker, grid=grid, mask=mask_array, box=box,
                           cotracker_checkpoint=cotracker_checkpoint)
     if output is not None:
         atomic_write_text(output, json.dumps(result, indent=2) + "\n")

@@ -7,7 +7,6 @@ both differ from the source's, runs the method with its defaults, and writes nex
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..models import model_defaults
-from ..pipeline import TransferResult, transfer
-from ..video import atomic_path, atomic_write_text, read_video, write_video
+from ..pipeline import TransferResult, result_folders, transfer, write_outputs
+from ..video import atomic_path, write_video
 from . import world
 
 logger = logging.getLogger(__name__)
@@ -75,13 +74,11 @@ class DemoResult:
 
 
 def demo(video: str | Path | None = None, prompt: str | None = None, output_dir: str | Path = "outputs/demo", *,
-         overwrite: bool = False, seed: int = 0, quiet: bool = False, **options) -> DemoResult:
+         overwrite: bool = False, seed: int = 0, quiet: bool = False, limits=None, **options) -> DemoResult:
     """A transfer with the shipped model (or `options["model"]`) on a world clip of its size, or on `video`
-    (then `prompt` is needed). `options` are `TransferConfig` fields. An earlier demo's folder is replaced."""
+    (then `prompt` is needed). `options` are `TransferConfig` fields. An earlier result in `output_dir` is
+    replaced only with `overwrite`; the folder is written whole, like a transfer's (`pipeline.write_outputs`)."""
     out = Path(output_dir)
-    previous = out / "run.json"
-    if previous.exists() and "demo" in json.loads(previous.read_text()):
-        overwrite = True                        # an earlier demo's folder: running the demo again replaces it
     if video is None:
         size = model_defaults(options.get("model")).width
         clip = world.sample_clip(np.random.default_rng(10_000 + seed), size=size, frames=16)
@@ -91,16 +88,21 @@ def demo(video: str | Path | None = None, prompt: str | None = None, output_dir:
     else:
         if prompt is None:
             raise ConfigError("--prompt is needed with --video")
-        v = read_video(video)
-        frames, fps, source_caption = v.frames, v.fps, Path(video).name
-    result = transfer(frames, prompt, output_dir=out, overwrite=overwrite, quiet=quiet, seed=seed, fps=fps,
-                      **options)
-    write_video(out / "source.mp4", result.source, fps, min_size=256)
-    agreement = plot_trajectories(result.source, result.frames, out / "trajectory.png",
-                                  f"{source_caption}  ->  {prompt}")
-    record = json.loads((out / "run.json").read_text())
-    record["demo"] = {"source": source_caption, "trajectory": agreement}
-    atomic_write_text(out / "run.json", json.dumps(record, indent=2))
+        frames, fps, source_caption = video, None, Path(video).name    # the transfer reads only what it needs
+    with result_folders([out], overwrite):
+        result = transfer(frames, prompt, output_dir=False, quiet=quiet, seed=seed, fps=fps, limits=limits,
+                          **options)
+        result.output_dir = out
+
+        def extras(folder: Path) -> None:
+            write_video(folder / "source.mp4", result.source, result.fps, min_size=256)
+            result.record["demo"] = {"source": source_caption,
+                                     "trajectory": plot_trajectories(result.source, result.frames,
+                                                                     folder / "trajectory.png",
+                                                                     f"{source_caption}  ->  {prompt}")}
+
+        write_outputs(out, result, result.record, extra=extras)
+    agreement = result.record["demo"]["trajectory"]
     logger.info("source: %s\ntarget: %s\nvelocity cosine %.2f, centre error %.1f px, %.1f s", source_caption, prompt,
                 agreement["velocity_cosine"], agreement["centre_error"], sum(result.timings.values()))
     return DemoResult(output_dir=out, source=source_caption, prompt=prompt, trajectory=agreement, transfer=result)
