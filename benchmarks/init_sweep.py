@@ -22,6 +22,7 @@ import numpy as np
 
 import motiontransfer
 from motiontransfer.cli import parse_key_value
+from motiontransfer.models import model_defaults
 from motiontransfer.shapes.classifier import classify_video
 from motiontransfer.shapes.report import transfer_pairs
 from motiontransfer.shapes.tracking import object_track, trajectory_agreement
@@ -50,7 +51,8 @@ def main() -> None:
     settings = dict(parse_setting(s) for s in args.setting) if args.setting else DEFAULT_SETTINGS
     rows = {name: [] for name in settings}
     misses = {name: collections.Counter() for name in settings}
-    for i, (clip, target) in enumerate(transfer_pairs(args.pairs, args.seed, 32, 16)):
+    defaults = model_defaults(args.model)       # pairs at the model's own frame size and length
+    for i, (clip, target) in enumerate(transfer_pairs(args.pairs, args.seed, defaults.width, defaults.frames)):
         for name, options in settings.items():
             r = motiontransfer.transfer(clip.frames, target["prompt"], model=args.model, seed=i, output_dir=False,
                                         quiet=True, **options)
