@@ -248,3 +248,14 @@ def test_shipped_model_warns_once_about_words_it_does_not_know(caplog):
     warnings = [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
     assert len(warnings) == 1
     assert "'dolphin', 'swimming'" in warnings[0] and "star" in warnings[0].split("the words it knows:")[1]
+
+
+def test_the_reference_negative_prompt_is_not_warned_about(caplog):
+    """--preset reference adds its negative prompt whatever the model: the user did not write those words."""
+    from motiontransfer.config import REFERENCE_NEGATIVE_PROMPT
+    from motiontransfer.models import load_model, unknown_words
+    model = load_model(None, device="cpu")
+    assert unknown_words(REFERENCE_NEGATIVE_PROMPT, model.defaults.vocabulary)     # the words are unknown...
+    with caplog.at_level("WARNING", logger="motiontransfer.models"):
+        model.encode_prompts(["a red star", REFERENCE_NEGATIVE_PROMPT])
+    assert not [r for r in caplog.records if "does not know" in r.getMessage()]    # ...and not warned about

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
+from .config import REFERENCE_NEGATIVE_PROMPT
 from .errors import ModelError
 from .features import FeatureHooks
 
@@ -336,7 +337,8 @@ class TextToVideo:
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """(B, T, D) text embeddings, padded to the tokenizer's model_max_length as in training."""
         for prompt in prompts:
-            self.check_words(prompt)
+            if prompt != REFERENCE_NEGATIVE_PROMPT:      # ours (--preset reference), not the user's words
+                self.check_words(prompt)
         tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
         with self._running(self.text_encoder) as encoder:
