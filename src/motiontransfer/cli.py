@@ -217,7 +217,8 @@ def cmd_bench(args) -> int:
 def cmd_bench_speed(args) -> int:
     from .evaluation.speed import bench_speed, perf_table
 
-    print(perf_table(bench_speed(args.output_dir, seeds=args.seeds, model=args.model, quiet=args.quiet)))
+    print(perf_table(bench_speed(args.output_dir, seeds=args.seeds, model=args.model, rows=tuple(args.rows),
+                                 quiet=args.quiet)))
     return 0
 
 
@@ -362,8 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path, required=True)
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("bench-speed", parents=[common], help="speed benchmark: the reference preset against ours")
-    p.add_argument("--seeds", type=int, default=3, help="source clips per preset (3)")
+    p = sub.add_parser("bench-speed", parents=[common],
+                       help="speed benchmark: the reference preset, ours and plain sampling")
+    p.add_argument("--seeds", type=int, default=3, help="source clips per row (3)")
+    p.add_argument("--rows", nargs="+", choices=[*cfg.PRESETS, "plain"], default=["reference", "default", "plain"],
+                   help="presets to time, and plain (sampling without guidance); default among them")
     p.add_argument("--model", help="model folder (default: the shipped model)")
     p.add_argument("--output-dir", type=Path, required=True)
     p.set_defaults(func=cmd_bench_speed)
