@@ -367,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="speed benchmark: the reference preset, ours and plain sampling")
     p.add_argument("--seeds", type=int, default=3, help="source clips per row (3)")
     p.add_argument("--rows", nargs="+", choices=[*cfg.PRESETS, "plain"], default=["reference", "default", "plain"],
+                   metavar="ROW",
                    help="presets to time, and plain (sampling without guidance); default among them")
     p.add_argument("--model", help="model folder (default: the shipped model)")
     p.add_argument("--output-dir", type=Path, required=True)
