@@ -5,12 +5,13 @@ this script builds cerspense/zeroscope_v2_576w's UNet3D, VAE and text encoder fr
 weights, saves them as an fp16 diffusers folder (the shipped shapes model's word-level tokenizer stands in for
 OpenCLIP's, padded to 77 tokens), loads it through the package's own loading code and runs `transfer` on a
 24-frame 576x320 clip of the shapes world: our default with activation checkpointing (what `--activations auto`
-picks on CUDA), our default without it, then `--preset reference`. Per run it records the per-phase seconds,
+picks on CUDA), our default without it, `--preset reference`, then plain sampling (random initial latent, no
+inversion, no guidance: what guidance costs over it). Per run it records the per-phase seconds,
 the UNet pass counts and `torch.cuda.max_memory_allocated` per phase, to set beside the meta-device counts of
 docs/memory.md (benchmarks/memory_zeroscope.py) for the same options. The output is not a picture of anything;
 only its cost is measured. JSON is rewritten after every run, so a run cut short still leaves what finished.
 
-    python benchmarks/gpu_zeroscope.py --output runs/gpu.json [--frames 24] [--runs default,none,reference]
+    python benchmarks/gpu_zeroscope.py --output runs/gpu.json [--frames 24] [--runs default,none,reference,plain]
     python benchmarks/gpu_zeroscope.py --tiny --device cpu --output /tmp/gpu.json     # a check of the script
 """
 
@@ -36,6 +37,7 @@ RUNS = {   # name: transfer options
     "default": {"activations": "checkpoint"},
     "none": {"activations": "none"},
     "reference": {"preset": "reference", "activations": "checkpoint"},
+    "plain": {"init": "random", "iterations": 0},          # plain sampling: no inversion, no guidance
 }
 TINY_UNET = dict(block_out_channels=(32, 32, 64, 64), attention_head_dim=8, norm_num_groups=8, cross_attention_dim=64)
 TINY_VAE = dict(block_out_channels=(16, 16, 32, 32), norm_num_groups=8)
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=Path("runs/gpu_zeroscope.json"))
     parser.add_argument("--frames", type=int, default=24)
-    parser.add_argument("--runs", default="default,none,reference", help=f"some of {', '.join(RUNS)}")
+    parser.add_argument("--runs", default=",".join(RUNS), help=f"some of {', '.join(RUNS)}")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="a small model of the same block types (script check)")
     args = parser.parse_args(argv)

@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import yaml
 
-from motiontransfer.config import (DEFAULT_LAYERS, PRESETS, REFERENCE_NEGATIVE_PROMPT, TransferConfig, read_yaml,
-                                  resolve)
+from motiontransfer.config import (DEFAULT_LAYERS, METHOD_OPTIONS, PRESETS, REFERENCE_NEGATIVE_PROMPT,
+                                  TransferConfig, explicit_keys, read_yaml, resolve)
 from motiontransfer.errors import ConfigError
 
 
@@ -40,6 +40,25 @@ def test_default_preset_keeps_our_filter_encoding_and_the_models_negative_prompt
     assert (config.lf_filter, config.vae_encode, config.negative_prompt) == ("lowpass", "mean", None)
 
 
+def test_previous_preset_spells_out_the_default_recipe_and_yields_to_the_model_as_the_defaults_do():
+    guidance = {"steps", "inversion_steps", "restart", "guidance_window", "iterations", "learning_rate", "layers",
+                "loss", "init", "lf_factor", "early_stop", "reuse_every"}
+    assert guidance <= set(PRESETS["previous"]) <= set(METHOD_OPTIONS) | {"negative_prompt"}
+    # The default recipe before issue 14's study. Until the defaults change they are the same config; after,
+    # compare the preset with these values only.
+    config, _ = resolve("previous")
+    assert config == TransferConfig()
+    assert (config.steps, config.inversion_steps, config.restart, config.guidance_window, config.iterations,
+            config.learning_rate, config.layers, config.loss, config.init, config.lf_factor, config.early_stop,
+            config.reuse_every) == (50, None, False, (0.0, 0.4), 10, (0.007, 0.004), DEFAULT_LAYERS,
+                                    "pairwise_cosine", "lf", 4, 0.0, 1)
+    # a model's recommendations (e.g. the shipped model's init: inverted) apply over it as over the defaults; the
+    # reference preset's values are explicit and win
+    assert explicit_keys("previous") == explicit_keys("default") == set()
+    assert explicit_keys("previous", overrides={"init": "lf"}) == {"init"}
+    assert {"init", "lf_factor", "steps"} <= explicit_keys("reference")
+
+
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown preset 'fastest'"):
         resolve("fastest")
@@ -56,7 +75,8 @@ def test_every_preset_builds_a_valid_config():
 EVERY_FIELD = {
     "model": "some/folder", "frames": 8, "stride": 2, "start": 3, "region": [4, 2, 40, 30], "resize": "pad", "width": 64, "height": 48,
     "source_prompt": "a red square", "negative_prompt": "blurry", "guidance_scale": 7.5, "steps": 20,
-    "inversion_steps": 40, "restart": True, "guidance_window": [0.1, 0.5], "iterations": 3,
+    "inversion_steps": 40, "restart": True, "guidance_window": [0.1, 0.5], "iterations": 3, "early_stop": 0.05,
+    "reuse_every": 2,
     "learning_rate": [0.01, 0.002], "layers": ["up_blocks.1.temp_convs.1", "up_blocks.2.resnets.0"],
     "layer_weights": [1.0, 0.5], "loss": "smm", "init": "random", "lf_factor": 2, "lf_filter": "reference",
     "vae_encode": "sample", "sdedit_strength": 0.9, "seed": 7, "device": "cpu",
@@ -174,6 +194,10 @@ def test_empty_file_is_the_defaults(tmp_path):
     ({"lf_factor": 0}, "lf_factor"),
     ({"lf_filter": "bicubic"}, "--lf-filter"),
     ({"vae_encode": "mode"}, "--vae-encode"),
+    ({"early_stop": -0.1}, "--early-stop"),
+    ({"early_stop": 1.0}, "--early-stop"),
+    ({"early_stop": float("nan")}, "--early-stop"),
+    ({"reuse_every": 0}, "--reuse-every"),
 ])
 def test_invalid_values_are_config_errors(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -186,13 +210,14 @@ def test_invalid_values_are_config_errors(changes, message):
 
 def test_valid_edge_values_pass():
     TransferConfig(guidance_window=(0.3, 0.3), inversion_steps=50, layer_weights=(1, 1, 1), iterations=0,
-                   frames=2, width=8)
+                   frames=2, width=8, early_stop=0.999, reuse_every=1000)
 
 
 @pytest.mark.parametrize("key, value", [
     ("steps", "many"), ("steps", 4.5), ("frames", 8.0), ("seed", "0"), ("restart", "no"), ("use_cache", 1),
     ("guidance_scale", "high"), ("guidance_scale", True), ("layers", [1, 2]), ("learning_rate", 0.01),
     ("guidance_window", [0.1, 0.2, 0.3]), ("source_prompt", 3), ("model", ["a", "b"]),
+    ("early_stop", "soon"), ("early_stop", True), ("reuse_every", 1.5), ("reuse_every", True),
 ])
 def test_wrong_type_in_a_file_is_a_config_error_naming_the_key(tmp_path, key, value):
     with pytest.raises(ConfigError, match=key.replace("_", "[_ -]")):

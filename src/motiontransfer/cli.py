@@ -75,7 +75,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and input")
     g.add_argument("--model", help="diffusers-format folder or hub id (default: the shipped shapes model)")
     g.add_argument("--config", type=Path, help="YAML file setting any option; flags override it")
-    g.add_argument("--preset", choices=list(cfg.PRESETS), help="default (ours) or reference (the paper's code)")
+    g.add_argument("--preset", choices=list(cfg.PRESETS),
+                   help="default (ours), previous (our earlier default, kept) or reference (the paper's code)")
     g.add_argument("--frames", type=int, help="frames to use (default: the model's native count)")
     g.add_argument("--stride", type=int, help="take every S-th frame (output fps = source fps / S)")
     g.add_argument("--start", type=int, help="first frame, 0-based")
@@ -96,6 +97,10 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--guidance-window", type=float, nargs=2, metavar=("START", "END"),
                    help="guided part of the schedule, as fractions (0 0.4)")
     g.add_argument("--iterations", type=int, help="Adam steps per guided timestep (10)")
+    g.add_argument("--early-stop", type=float, metavar="FRACTION",
+                   help="end a step's iterations once the loss falls by less than this fraction (0: off)")
+    g.add_argument("--reuse-every", type=int, metavar="K",
+                   help="optimise every K-th guided step only; the others reuse the last change (1: off)")
     g.add_argument("--learning-rate", type=float, nargs=2, metavar=("FIRST", "LAST"), help="(0.007 0.004)")
     g.add_argument("--layers", nargs="+", help="UNet module names to hook")
     g.add_argument("--layer-weights", type=float, nargs="+", help="one weight per layer")
@@ -212,7 +217,8 @@ def cmd_bench(args) -> int:
 def cmd_bench_speed(args) -> int:
     from .evaluation.speed import bench_speed, perf_table
 
-    print(perf_table(bench_speed(args.output_dir, seeds=args.seeds, model=args.model, quiet=args.quiet)))
+    print(perf_table(bench_speed(args.output_dir, seeds=args.seeds, model=args.model, rows=tuple(args.rows),
+                                 quiet=args.quiet)))
     return 0
 
 
@@ -357,8 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path, required=True)
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("bench-speed", parents=[common], help="speed benchmark: the reference preset against ours")
-    p.add_argument("--seeds", type=int, default=3, help="source clips per preset (3)")
+    p = sub.add_parser("bench-speed", parents=[common],
+                       help="speed benchmark: the reference preset, ours and plain sampling")
+    p.add_argument("--seeds", type=int, default=3, help="source clips per row (3)")
+    p.add_argument("--rows", nargs="+", choices=[*cfg.PRESETS, "plain"], default=["reference", "default", "plain"],
+                   metavar="ROW",
+                   help="presets to time, and plain (sampling without guidance); default among them")
     p.add_argument("--model", help="model folder (default: the shipped model)")
     p.add_argument("--output-dir", type=Path, required=True)
     p.set_defaults(func=cmd_bench_speed)

@@ -1,8 +1,10 @@
-"""Configuration: one frozen dataclass, two presets, YAML files and flags, validated in one place.
+"""Configuration: one frozen dataclass, three presets, YAML files and flags, validated in one place.
 
 Resolution order, later wins: the dataclass defaults (ours), then a preset, then a YAML `--config` file, then
 command-line flags or API keyword arguments. Fields left at `None` are filled from the model at run time
-(`models.ModelDefaults`): its frame count, resolution and recommended negative prompt.
+(`models.ModelDefaults`): its frame count, resolution and recommended negative prompt. A model's recommended
+method options replace the defaults too, and the presets that stand for defaults (`DEFAULTS_PRESETS`), but never
+what another preset, the file or a flag sets (`explicit_keys`).
 """
 
 from __future__ import annotations
@@ -37,12 +39,13 @@ ACTIVATIONS = ("auto",) + ACTIVATION_MODES                             # auto: c
 # selection, runtime and security options (where files go, what is cached, which weights may run code, the
 # device, the seed) come from the user alone.
 METHOD_OPTIONS = ("source_prompt", "guidance_scale", "steps", "inversion_steps", "restart", "guidance_window",
-                  "iterations", "learning_rate", "layers", "layer_weights", "loss", "init", "lf_factor",
-                  "lf_filter", "vae_encode", "sdedit_strength")
+                  "iterations", "early_stop", "reuse_every", "learning_rate", "layers", "layer_weights", "loss",
+                  "init", "lf_factor", "lf_filter", "vae_encode", "sdedit_strength")
 # What `invert` ignores (it only fills the inversion cache): given as flags or keyword arguments they are errors.
 # (`seed` matters to it only with vae_encode: sample, which `pipeline.invert` checks.)
-INVERT_IGNORES = ("guidance_scale", "negative_prompt", "restart", "iterations", "learning_rate", "layers",
-                  "layer_weights", "loss", "init", "lf_factor", "lf_filter", "sdedit_strength", "activations")
+INVERT_IGNORES = ("guidance_scale", "negative_prompt", "restart", "iterations", "early_stop", "reuse_every",
+                  "learning_rate", "layers", "layer_weights", "loss", "init", "lf_factor", "lf_filter",
+                  "sdedit_strength", "activations")
 MESSAGE_LIMIT = 300          # characters of a value quoted in an error message
 
 
@@ -89,6 +92,10 @@ class TransferConfig:
     # guidance (paper Sec. 4: optimise the latent at each guided step)
     guidance_window: tuple[float, float] = (0.0, 0.4)   # fractions of the sampling steps that are guided
     iterations: int = 10                          # Adam steps per guided timestep
+    early_stop: float = 0.0                       # end a step's iterations, before the backward, once the loss
+                                                  # fell by less than this fraction over the last one; 0: off
+    reuse_every: int = 1                          # optimise every k-th guided step only (the first always); the
+                                                  # others apply the last optimised change (sampling.py); 1: off
     learning_rate: tuple[float, float] = (0.007, 0.004)  # linear over the guided steps, first to last
     layers: tuple[str, ...] = DEFAULT_LAYERS      # module names in the UNet (named_modules)
     layer_weights: tuple[float, ...] | None = None  # one per layer; None: all 1
@@ -185,6 +192,8 @@ def validate(c: TransferConfig) -> None:
     lo, hi = c.guidance_window
     need(0.0 <= lo <= hi <= 1.0, f"guidance window must satisfy 0 <= start <= end <= 1, got {c.guidance_window}")
     need(c.iterations >= 0, f"--iterations must be 0 or more, got {c.iterations}")
+    need(0.0 <= c.early_stop < 1.0, f"--early-stop must be a fraction in [0, 1) (0: off), got {c.early_stop}")
+    need(c.reuse_every >= 1, f"--reuse-every must be 1 (off) or more, got {c.reuse_every}")
     need(len(c.learning_rate) == 2 and all(lr > 0 for lr in c.learning_rate),
          f"learning_rate must be two positive numbers (first, last), got {c.learning_rate}")
     need(len(c.layers) >= 1, "at least one layer is needed for guidance")
@@ -206,6 +215,14 @@ def validate(c: TransferConfig) -> None:
 PRESETS: dict[str, dict[str, Any]] = {
     # Ours: inversion on the sampling schedule itself (50 UNet passes instead of 999), no restart.
     "default": {},
+    # The default recipe before issue 14's cheaper guidance, every method option spelt out, so that it stays
+    # reachable when the defaults change (until then it equals "default"). Like the defaults, it yields to what a
+    # model folder recommends (`DEFAULTS_PRESETS`): `--preset previous` runs what a plain run ran.
+    "previous": {"steps": 50, "inversion_steps": None, "restart": False, "guidance_window": (0.0, 0.4),
+                 "iterations": 10, "early_stop": 0.0, "reuse_every": 1, "learning_rate": (0.007, 0.004),
+                 "layers": DEFAULT_LAYERS, "layer_weights": None, "loss": "pairwise_cosine", "init": "lf",
+                 "lf_factor": 4, "lf_filter": "lowpass", "vae_encode": "mean", "negative_prompt": None,
+                 "guidance_scale": 10.0},
     # The public reference recipe: 999-step inversion of a VAE posterior sample, restart after every step, its
     # LF up-sampling and its negative prompt whatever the model recommends. What still differs, and by how
     # much: the README's "Where this differs from the reference implementation".
@@ -214,6 +231,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "loss": "pairwise_cosine", "init": "lf", "lf_factor": 4, "lf_filter": "reference",
                   "vae_encode": "sample", "negative_prompt": REFERENCE_NEGATIVE_PROMPT, "guidance_scale": 10.0},
 }
+
+# Presets that stand for a version of the defaults: a model's recommended method options (`motiontransfer.json`'s
+# `method_defaults`) apply over them as over the dataclass defaults. The values of the other presets (reference)
+# are explicit and win over a model's.
+DEFAULTS_PRESETS = ("default", "previous")
 
 _TUPLE_FIELDS = {"guidance_window", "learning_rate", "layers", "layer_weights", "region"}
 RUN_KEYS = {"output_dir", "overwrite"}   # run options a YAML file may also set
@@ -261,7 +283,8 @@ def explicit_keys(preset: str | None = None, config_file: str | Path | None = No
     file_values = read_yaml(config_file) if config_file else {}
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     preset = overrides.get("preset") or preset or file_values.get("preset") or "default"
-    return (set(PRESETS.get(preset, {})) | set(file_values) | set(overrides)) - {"preset"} - RUN_KEYS
+    from_preset = set() if preset in DEFAULTS_PRESETS else set(PRESETS.get(preset, {}))
+    return (from_preset | set(file_values) | set(overrides)) - {"preset"} - RUN_KEYS
 
 
 def resolve(preset: str | None = None, config_file: str | Path | None = None,

@@ -476,7 +476,9 @@ def generate(model: TextToVideo, source: Video | None, prompts: list[str], confi
                                             config.steps, guidance=calls.guidance, guided=guided,
                                             iterations=config.iterations, learning_rate=config.learning_rate,
                                             restart=config.restart, generator=generator, progress=progress,
-                                            first_step=first, measure=calls.measure, callback=step)
+                                            first_step=first, measure=calls.measure,
+                                            early_stop=config.early_stop, reuse_every=config.reuse_every,
+                                            callback=step)
             counts["unet_backward"] += history.backward_passes
             with timer("decode"):
                 frames = model.decode_latents(x0)
@@ -518,7 +520,8 @@ def run_record(result: TransferResult, model: TextToVideo, video_source: str, fi
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()}, "counts": result.counts,
         "inversion_cached": result.inversion_cached,
         "guidance": [{"t": s.t, "lr": s.lr, "loss_before": s.losses[0] if s.losses else None,
-                      "loss_after": s.loss_after, "losses": s.losses}
+                      "loss_after": s.loss_after, "losses": s.losses, "iterations": s.iterations,
+                      "reused": s.reused}
                      for s in result.history.guided],
         "unet_passes": {"sampling": result.history.unet_passes, "restarts": result.history.restarts},
     }

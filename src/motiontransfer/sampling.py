@@ -7,6 +7,17 @@ Inside the guidance window each timestep gets a fresh Adam with its own learning
 to the last guided step); outside it the steps are plain DDIM. The loop runs under `no_grad`; only the
 optimisation opens `enable_grad`, on a detached copy of the latent. With `restart` (the reference's extra),
 each step's result is re-noised back to t with fresh noise and denoised once more.
+
+Two ways to guide for less (both off by default):
+
+    early_stop   a step's iterations end, before the backward pass, at the first iteration whose loss fell by
+                 less than this fraction of the previous one's (or rose): that step costs one truncated forward
+                 more than it has backward passes, and its last loss is the loss at the latent it returns
+    reuse_every  only every k-th guided step (the first always) is optimised; each other guided step adds the
+                 change of the last optimised one (optimised latent minus the latent before it), scaled by the
+                 ratio of the two steps' learning rates, and costs no UNet pass. The scaling because Adam moves
+                 each element by about the learning rate per iteration whatever the gradient's size, so the same
+                 iterations at another learning rate would have moved the latent in proportion
 """
 
 from __future__ import annotations
@@ -28,8 +39,11 @@ MeasureFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, float]]   # (x_t, 
 class GuidedStep:
     t: int
     lr: float
-    losses: list[float] = field(default_factory=list)          # one per Adam iteration, before its update
+    losses: list[float] = field(default_factory=list)          # one per Adam iteration, before its update; with
+                                                               # early_stop, then the loss the step stopped at
     loss_after: float | None = None                            # at the optimised latent
+    iterations: int = 0                                        # Adam updates made: backward passes
+    reused: bool = False                                       # the last optimised change applied (reuse_every)
 
 
 @dataclass
@@ -40,7 +54,7 @@ class SampleHistory:
 
     @property
     def backward_passes(self) -> int:
-        return sum(len(s.losses) for s in self.guided)
+        return sum(s.iterations for s in self.guided)
 
 
 def guidance_timesteps(timesteps: list[int], window: tuple[float, float]) -> list[int]:
@@ -55,20 +69,37 @@ def learning_rates(n: int, first: float, last: float) -> list[float]:
     return [first + (last - first) * i / (n - 1) for i in range(n)]
 
 
+def relative_decrease(before: float, after: float) -> float:
+    """How much the loss fell, as a fraction of `before` (negative when it rose; 0 when `before` is 0)."""
+    return (before - after) / abs(before) if before else 0.0
+
+
 def optimise_latent(x: torch.Tensor, loss_fn: LossFn, iterations: int, lr: float, step: GuidedStep, *,
-                    measure_after: bool = True) -> torch.Tensor:
+                    measure_after: bool = True, early_stop: float = 0.0) -> torch.Tensor:
     """A fresh Adam on the latent; returns the optimised latent, detached. `measure_after` evaluates the loss at
-    the result with one more (no-grad) pass; without it the caller fills `step.loss_after`."""
+    the result with one more (no-grad) pass; without it the caller fills `step.loss_after`.
+
+    With `early_stop` > 0, an iteration whose loss fell by less than that fraction of the previous iteration's
+    (`relative_decrease`) ends the loop before its backward pass; its loss, the loss at the latent returned, is
+    the step's last entry in `losses` and its `loss_after` (no pass to measure it)."""
+    stopped = False
     with torch.enable_grad():
         x = x.detach().clone().requires_grad_(True)
         opt = torch.optim.Adam([x], lr=lr)
         for _ in range(iterations):
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(x)
+            if early_stop and step.losses:
+                value = float(loss.detach())
+                if relative_decrease(step.losses[-1], value) < early_stop:
+                    step.losses.append(value)
+                    step.loss_after, stopped = value, True
+                    break
             loss.backward()
             opt.step()
             step.losses.append(float(loss.detach()))
-    if iterations and measure_after:
+            step.iterations += 1
+    if iterations and measure_after and not stopped:
         with torch.no_grad():
             step.loss_after = float(loss_fn(x))
     return x.detach()
@@ -86,7 +117,7 @@ def guided_sample(predict: PredictFn, x_T: torch.Tensor, scheduler_config: dict,
                   guidance: GuidanceFn | None = None, guided: list[int] = (), iterations: int = 10,
                   learning_rate: tuple[float, float] = (0.007, 0.004), restart: bool = False,
                   generator: torch.Generator | None = None, progress: bool = True, first_step: int = 0,
-                  measure: MeasureFn | None = None,
+                  measure: MeasureFn | None = None, early_stop: float = 0.0, reuse_every: int = 1,
                   callback: Callable[[int, int, torch.Tensor], None] | None = None
                   ) -> tuple[torch.Tensor, SampleHistory]:
     """DDIM from x_T (B, C, F, h, w) at sampling timestep number `first_step` (0: the noisiest) down to x_0,
@@ -94,12 +125,17 @@ def guided_sample(predict: PredictFn, x_T: torch.Tensor, scheduler_config: dict,
 
     `measure`, when given, replaces `predict` right after each optimisation: it returns the prediction and the
     guidance loss read off that same pass, so the loss after optimisation costs no extra UNet forward.
+    `early_stop` and `reuse_every`: the module's docstring. `guidance(t)` is called at optimised steps only.
     """
+    if reuse_every < 1:
+        raise ValueError(f"reuse_every must be 1 or more, got {reuse_every}")
     scheduler = DDIMScheduler.from_config(scheduler_config)
     scheduler.set_timesteps(steps)
     timesteps = [int(t) for t in scheduler.timesteps][first_step:]
     guided = [t for t in timesteps if t in set(guided)] if guidance is not None and iterations > 0 else []
     rates = dict(zip(guided, learning_rates(len(guided), *learning_rate)))
+    optimised = set(guided[::reuse_every])
+    change, change_lr = None, None       # the last optimised step's change of the latent, and its learning rate
     if restart and generator is None:
         raise ValueError("restart needs an explicit generator")
     history = SampleHistory()
@@ -107,15 +143,23 @@ def guided_sample(predict: PredictFn, x_T: torch.Tensor, scheduler_config: dict,
     bar = tqdm(timesteps, desc="sampling", disable=not progress, dynamic_ncols=True)
     with torch.no_grad():
         for i, t in enumerate(bar):
-            if t in rates:
+            if t in optimised:
                 step = GuidedStep(t=t, lr=rates[t])
-                x = optimise_latent(x, guidance(t), iterations, rates[t], step, measure_after=measure is None)
+                before = x
+                x = optimise_latent(x, guidance(t), iterations, rates[t], step, measure_after=measure is None,
+                                    early_stop=early_stop)
+                if reuse_every > 1:
+                    change, change_lr = x - before, rates[t]
                 if measure is not None:
                     out, step.loss_after = measure(x, t)
                 else:
                     out = predict(x, t)
                 history.guided.append(step)
                 bar.set_postfix(loss=f"{step.loss_after:.4f}")
+            elif t in rates:                                     # reuse_every: no optimisation at this step
+                history.guided.append(GuidedStep(t=t, lr=rates[t], reused=True))
+                x = x + change * (rates[t] / change_lr)
+                out = predict(x, t)
             else:
                 out = predict(x, t)
             x_prev = scheduler.step(out, t, x).prev_sample
