@@ -8,8 +8,9 @@ the same background) with `--seed` (1 by default; the quality report uses seed 0
 are not tuned on the pairs they are reported on). Each setting runs `motiontransfer.transfer` once per pair
 (seed = pair index, the report's); the table gives, per setting, the mean velocity cosine against the source's
 true centres, the mean centre error in pixels, and the shares of results with the target colour and shape (the
-world's classifier), plus the shapes it missed. Without `--setting`: LF init at factors 4 and 2 against the
-unfiltered inverted latent (where the shipped model's `init: inverted` came from). Values are YAML:
+world's classifier), the seconds per video (the inversion is cached across settings of one step count), the
+backward passes, and the shapes it missed. Pairs are drawn at the model's own frame size and length. Without
+`--setting`: LF init at factors 4 and 2 against the unfiltered inverted latent (where the shipped model's `init: inverted` came from). Values are YAML:
 `--setting short guidance_window=[0,0.2] --setting slow "learning_rate=[0.0035,0.002]"`.
 """
 
@@ -60,22 +61,25 @@ def main() -> None:
             agree = trajectory_agreement(clip.centres, object_track(r.frames))
             rows[name].append({"pair": i, "prompt": target["prompt"], "velocity_cosine": agree["velocity_cosine"],
                                "centre_error": agree["centre_error"], "colour_ok": seen["colour"] == target["colour"],
-                               "shape_ok": seen["shape"] == target["shape"], "shape_seen": seen["shape"]})
+                               "shape_ok": seen["shape"] == target["shape"], "shape_seen": seen["shape"],
+                               "seconds": sum(r.timings.values()), "unet_backward": r.counts["unet_backward"]})
             if seen["shape"] != target["shape"]:
                 misses[name][f"{target['shape']}->{seen['shape']}"] += 1
             row = rows[name][-1]
             print(f"{i:3d} {name:12s} cos {row['velocity_cosine']:5.2f} err {row['centre_error']:5.2f} "
-                  f"colour {int(row['colour_ok'])} shape {int(row['shape_ok'])} ({target['shape']} -> {seen['shape']})",
-                  flush=True)
+                  f"colour {int(row['colour_ok'])} shape {int(row['shape_ok'])} ({target['shape']} -> {seen['shape']}) "
+                  f"{row['seconds']:.1f} s", flush=True)
     print(f"\n{args.pairs} pairs, seed {args.seed}")
-    print("setting       velocity cos  centre error px  target colour  target shape  shape misses")
+    print("setting       velocity cos  centre error px  target colour  target shape  s / video  backward  "
+          "shape misses")
     summary = {}
     for name, values in rows.items():
         v = {k: float(np.nanmean([r[k] for r in values])) for k in ("velocity_cosine", "centre_error", "colour_ok",
-                                                                       "shape_ok")}
+                                                                       "shape_ok", "seconds", "unet_backward")}
         summary[name] = v | {"options": settings[name], "misses": dict(misses[name])}
+        missed = ", ".join(f"{k} {n}" for k, n in misses[name].most_common())
         print(f"{name:12s} {v['velocity_cosine']:13.2f} {v['centre_error']:16.2f} {100 * v['colour_ok']:13.0f}% "
-              f"{100 * v['shape_ok']:12.0f}%  {', '.join(f'{k} {n}' for k, n in misses[name].most_common())}")
+              f"{100 * v['shape_ok']:12.0f}%  {v['seconds']:9.1f}  {v['unet_backward']:8.0f}  {missed}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"pairs": args.pairs, "seed": args.seed, "model": args.model,
