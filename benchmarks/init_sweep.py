@@ -10,7 +10,8 @@ are not tuned on the pairs they are reported on). Each setting runs `motiontrans
 true centres, the mean centre error in pixels, and the shares of results with the target colour and shape (the
 world's classifier), the seconds per video (the inversion is cached across settings of one step count), the
 backward passes, and the shapes it missed. Pairs are drawn at the model's own frame size and length. Without
-`--setting`: LF init at factors 4 and 2 against the unfiltered inverted latent (where the shipped model's `init: inverted` came from). Values are YAML:
+`--setting`: LF init at factors 4 and 2 against the unfiltered inverted latent (where the shipped model's
+`init: inverted` came from). Values are YAML:
 `--setting short guidance_window=[0,0.2] --setting slow "learning_rate=[0.0035,0.002]"`.
 """
 
