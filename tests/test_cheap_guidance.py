@@ -77,10 +77,12 @@ def test_off_is_the_loop_before_bit_for_bit():
 
 
 def test_off_in_the_pipeline_gives_the_same_frames(tiny_model):
+    """Both options off is the previous recipe: every guided step optimised, every iteration run."""
     opts = dict(model=str(tiny_model), steps=6, use_cache=False, quiet=True, output_dir=False, seed=0, iterations=2)
-    plain = motiontransfer.transfer(moving_square(), "a green star", **opts)
+    previous = motiontransfer.transfer(moving_square(), "a green star", preset="previous", **opts)
     off = motiontransfer.transfer(moving_square(), "a green star", early_stop=0.0, reuse_every=1, **opts)
-    assert np.array_equal(plain.frames, off.frames) and plain.counts == off.counts
+    assert np.array_equal(previous.frames, off.frames) and previous.counts == off.counts
+    assert [s.iterations for s in off.history.guided] == [2] * len(off.history.guided)
 
 
 # ------------------------------------------------------------------------------------------------ early_stop
@@ -165,7 +167,7 @@ def test_reuse_every_larger_than_the_window_optimises_the_first_step_only():
 def opts(tiny_model):
     # 10 steps, window (0, 0.5): 5 guided steps of 3 iterations
     return dict(model=str(tiny_model), steps=10, guidance_window=(0.0, 0.5), iterations=3, seed=0, quiet=True,
-                use_cache=False)
+                use_cache=False, reuse_every=1)
 
 
 def test_pipeline_counts_what_each_option_saves_exactly(opts, tmp_path):
@@ -173,7 +175,7 @@ def test_pipeline_counts_what_each_option_saves_exactly(opts, tmp_path):
     full = motiontransfer.transfer(video, "a green star", output_dir=False, **opts)
     assert full.counts["unet_backward"] == 15 and full.counts["unet_truncated_forward"] == 5 + 15
 
-    reuse = motiontransfer.transfer(video, "a green star", output_dir=False, reuse_every=2, **opts)
+    reuse = motiontransfer.transfer(video, "a green star", output_dir=False, **(opts | {"reuse_every": 2}))
     assert reuse.counts["unet_backward"] == 3 * 3                         # steps 1, 3, 5 optimised
     assert reuse.counts["unet_truncated_forward"] == 3 + 3 * 3            # their source features and iterations
     assert reuse.counts["unet_forward"] == full.counts["unet_forward"]    # sampling and inversion unchanged
@@ -206,6 +208,6 @@ def test_options_are_flags_and_method_options():
                                           "--reuse-every", "2"])
     assert cli._method_options(args) == {"early_stop": 0.05, "reuse_every": 2}
     config = TransferConfig()
-    assert (config.early_stop, config.reuse_every) == (0.0, 1)
+    assert (config.early_stop, config.reuse_every) == (0.0, 3)      # issue 14's default: every third step
     with pytest.raises(ConfigError, match="reuse_every would do nothing"):
         motiontransfer.invert(moving_square(), reuse_every=2)
