@@ -83,12 +83,13 @@ def test_transfer_writes_result_comparison_frames_and_run_record(tiny_model, sou
     assert record["model"]["path"] == str(tiny_model) and len(record["model"]["identity"]) == 16
     assert {"load", "inversion", "sampling", "decode"} <= set(record["timings_s"])
     assert record["inversion_cached"] is False
-    # 4 steps with the default window (0, 0.4): the first two timesteps are guided, 10 Adam steps each
-    assert len(record["guidance"]) == 2
-    for step in record["guidance"]:
-        assert isinstance(step["loss_before"], float) and isinstance(step["loss_after"], float)
-        assert len(step["losses"]) == 10
-        assert step["loss_before"] == step["losses"][0] and step["loss_after"] < step["losses"][0]
+    # 4 steps with the default window (0, 0.4): the first two timesteps are guided; the first is optimised with
+    # 10 Adam steps, the second reuses its change (--reuse-every 3)
+    first, second = record["guidance"]
+    assert isinstance(first["loss_before"], float) and isinstance(first["loss_after"], float)
+    assert len(first["losses"]) == first["iterations"] == 10 and not first["reused"]
+    assert first["loss_before"] == first["losses"][0] and first["loss_after"] < first["losses"][0]
+    assert second["reused"] and second["iterations"] == 0 and second["losses"] == []
     assert list(cache.glob("*.safetensors")), "the inversion was not cached"
 
 

@@ -18,6 +18,13 @@ def opts(tiny_model, tmp_path):
     return {"model": str(tiny_model), "steps": 6, "cache_dir": str(tmp_path / "cache"), "quiet": True}
 
 
+@pytest.fixture()
+def every_step(opts):
+    """Every guided step optimised (the paper's recipe, --preset previous): tests that look at each step's
+    optimisation. The default's reuse of a step's change is tests/test_cheap_guidance.py's."""
+    return opts | {"reuse_every": 1}
+
+
 def test_same_seed_same_frames_other_seed_other_frames(opts):
     video = moving_square()
     a = motiontransfer.transfer(video, "a green star", output_dir=False, seed=3, **opts)
@@ -37,9 +44,9 @@ def test_seed_is_drawn_and_recorded_when_not_given(opts, tmp_path):
     assert np.array_equal(again.frames, r.frames)
 
 
-def test_guidance_lowers_the_loss_on_average(opts):
+def test_guidance_lowers_the_loss_on_average(every_step):
     r = motiontransfer.transfer(moving_square(), "a blue circle", output_dir=False, seed=0, iterations=8,
-                                guidance_window=(0.0, 0.5), **opts)
+                                guidance_window=(0.0, 0.5), **every_step)
     steps = r.history.guided
     assert len(steps) == 3 and all(len(s.losses) == 8 for s in steps)
     before = np.mean([s.losses[0] for s in steps])
@@ -50,16 +57,16 @@ def test_guidance_lowers_the_loss_on_average(opts):
     assert r.counts["unet_truncated_forward"] == 3 + 3 * 8 and r.counts["unet_backward"] == 24
 
 
-def test_prompts_share_inversion_and_source_features(opts):
+def test_prompts_share_inversion_and_source_features(every_step):
     results = motiontransfer.transfer_many(moving_square(), ["a green star", "a blue circle"], output_dir=False,
-                                           seed=0, **opts)
+                                           seed=0, **every_step)
     assert [r.prompt for r in results] == ["a green star", "a blue circle"]
     guided = len(results[0].history.guided)
     # the source side is computed once and counted in the first record
     assert results[0].counts["unet_truncated_forward"] == guided + guided * 10
     assert results[1].counts["unet_truncated_forward"] == guided * 10
     assert results[1].counts["unet_forward"] == 2 * 6 and "inversion" not in results[1].timings
-    single = motiontransfer.transfer(moving_square(), "a blue circle", output_dir=False, seed=0, **opts)
+    single = motiontransfer.transfer(moving_square(), "a blue circle", output_dir=False, seed=0, **every_step)
     assert np.array_equal(single.frames, results[1].frames)          # the single run reads the cache
 
 
@@ -158,10 +165,10 @@ def test_cpu_offload_and_vae_slicing_leave_the_result_unchanged(opts):
 
 
 @pytest.mark.parametrize("mode", ["checkpoint", "offload"])
-def test_activation_options_give_the_same_transfer(opts, mode):
+def test_activation_options_give_the_same_transfer(every_step, mode):
     video = moving_square()
-    plain = motiontransfer.transfer(video, "a green star", output_dir=False, seed=2, activations="none", **opts)
-    other = motiontransfer.transfer(video, "a green star", output_dir=False, seed=2, activations=mode, **opts)
+    plain = motiontransfer.transfer(video, "a green star", output_dir=False, seed=2, activations="none", **every_step)
+    other = motiontransfer.transfer(video, "a green star", output_dir=False, seed=2, activations=mode, **every_step)
     before = [s.losses for s in plain.history.guided]
     after = [s.losses for s in other.history.guided]
     np.testing.assert_allclose(np.array(after), np.array(before), rtol=1e-4)
@@ -215,10 +222,10 @@ def test_invert_returns_where_the_cache_is(opts):
     assert again.cached and again.cache == first.cache and again.unet_forward == 0
 
 
-def test_progress_events_count_inversion_and_sampling_steps_with_the_guidance_loss(opts):
+def test_progress_events_count_inversion_and_sampling_steps_with_the_guidance_loss(every_step):
     events = []
     results = motiontransfer.transfer_many(moving_square(), ["a green star", "a blue circle"], output_dir=False,
-                                           seed=0, on_progress=events.append, **opts)
+                                           seed=0, on_progress=events.append, **every_step)
     inversion = [e for e in events if e.phase == "inversion"]
     assert [e.step for e in inversion] == list(range(1, len(inversion) + 1)) and inversion[-1].total == len(inversion)
     for k, r in enumerate(results):
@@ -230,7 +237,7 @@ def test_progress_events_count_inversion_and_sampling_steps_with_the_guidance_lo
     # a cache hit has no inversion steps to report
     events.clear()
     motiontransfer.transfer(moving_square(), "a green star", output_dir=False, seed=0, on_progress=events.append,
-                            **opts)
+                            **every_step)
     assert events and not [e for e in events if e.phase == "inversion"]
 
 

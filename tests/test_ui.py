@@ -76,7 +76,7 @@ def test_run_errors_are_messages(app, clip, tmp_path):
 
 
 def test_options_at_their_defaults_leave_the_presets_and_models_values(app):
-    options = app.options_for(numbers={"seed": 0, "steps": 50, "iterations": 10, "guidance_scale": 10.0})
+    options = app.options_for(numbers={"seed": 0, "steps": 25, "iterations": 10, "guidance_scale": 10.0})
     assert options == {"cache_dir": app.options["cache_dir"], "start": 0, "stride": 1, "seed": 0, "model": app.model}
     options = app.options_for(2, 3, 8, " a square ", "random", "smm", {"steps": 20.0, "guidance_scale": 7.5})
     assert {k: options[k] for k in ("start", "stride", "frames", "source_prompt", "init", "loss", "steps",

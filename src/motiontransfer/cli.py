@@ -90,7 +90,7 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--source-prompt", help="describes the source video (default: empty)")
     g.add_argument("--negative-prompt", help="negative prompt for classifier-free guidance")
     g.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (10)")
-    g.add_argument("--steps", type=int, help="DDIM sampling steps (50)")
+    g.add_argument("--steps", type=int, help="DDIM sampling steps (25)")
     g.add_argument("--inversion-steps", type=int, help="DDIM inversion steps (default: = --steps; reference 999)")
     g.add_argument("--restart", action=argparse.BooleanOptionalAction, default=None,
                    help="re-noise and denoise again after each step (reference; off)")
@@ -100,7 +100,7 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--early-stop", type=float, metavar="FRACTION",
                    help="end a step's iterations once the loss falls by less than this fraction (0: off)")
     g.add_argument("--reuse-every", type=int, metavar="K",
-                   help="optimise every K-th guided step only; the others reuse the last change (1: off)")
+                   help="optimise every K-th guided step only; the others reuse the last change (3; 1: off)")
     g.add_argument("--learning-rate", type=float, nargs=2, metavar=("FIRST", "LAST"), help="(0.007 0.004)")
     g.add_argument("--layers", nargs="+", help="UNet module names to hook")
     g.add_argument("--layer-weights", type=float, nargs="+", help="one weight per layer")

@@ -3,6 +3,7 @@ prediction from the pass counts, the frame sweep."""
 
 import pytest
 
+from motiontransfer.config import TransferConfig
 from motiontransfer.errors import ConfigError
 from motiontransfer.evaluation import speed
 from motiontransfer.tools.passes import predicted_flops
@@ -20,8 +21,8 @@ def test_perf_benchmark_reports_three_rows_both_ratios_and_a_frame_sweep(tiny_mo
     assert [r["row"] for r in summary["runs"]] == ["reference", "default", "plain", "default", "default"]
     ref, ours, plain = (rows[name]["counts"] for name in ("reference", "default", "plain"))
     assert ref["unet_forward"] > 10 * ours["unet_forward"] / 2
-    # plain sampling: 50 CFG passes, nothing else
-    assert plain == {"unet_forward": 100, "unet_truncated_forward": 0, "unet_backward": 0}
+    # plain sampling: one CFG pass (batch 2) per default step, nothing else
+    assert plain == {"unet_forward": 2 * TransferConfig().steps, "unet_truncated_forward": 0, "unet_backward": 0}
     assert rows["plain"]["inversion_s"] == 0.0 and ours["unet_backward"] > 0
     assert summary["speedup"] == pytest.approx(summary["reference_s"] / summary["default_s"])
     assert summary["default_over_plain"] == pytest.approx(summary["default_s"] / summary["plain_s"])

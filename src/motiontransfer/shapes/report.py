@@ -136,7 +136,7 @@ def evaluate_model(model: str | None = None, n_prompts: int = 60, seed: int = 0,
                          f"{size}x{generator.defaults.height}")
     classifier = load_classifier()
     common = {"model": model, "steps": steps, "quiet": True}
-    # transfer and its baseline: the method's defaults (50 steps) unless transfer_steps says otherwise
+    # transfer and its baseline: the method's defaults (25 steps) unless transfer_steps says otherwise
     pair_options = {"model": model, "quiet": True} | ({"steps": transfer_steps} if transfer_steps else {})
 
     # text-to-video ------------------------------------------------------------------------------------
