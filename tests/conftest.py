@@ -65,3 +65,13 @@ def moving_square(frames: int = 4, size: int = 32, colour=(255, 0, 0), backgroun
         x = 4 + 2 * f
         video[f, 10:20, x:x + 10] = colour
     return video
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """A 4-frame 32x32 mp4 of a red square moving right (`moving_square`), for the command-line tests."""
+    from motiontransfer.video import write_video
+
+    path = tmp_path_factory.mktemp("source") / "square.mp4"
+    write_video(path, moving_square(4, 32), 8.0)
+    return path

@@ -28,14 +28,6 @@ from conftest import moving_square
 FAST = ["--steps", "4", "--iterations", "2", "--seed", "0", "--quiet"]
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory) -> Path:
-    """A 4-frame 32x32 mp4 of a red square moving right."""
-    path = tmp_path_factory.mktemp("source") / "square.mp4"
-    write_video(path, moving_square(4, 32), 8.0)
-    return path
-
-
 def run(capsys, *argv) -> tuple[int, str, str]:
     code = cli.main([str(a) for a in argv])
     captured = capsys.readouterr()

@@ -9,18 +9,10 @@ from pathlib import Path
 import pytest
 
 from motiontransfer import cli
-from motiontransfer.video import write_video
 
 from conftest import moving_square
 
 FAST = ["--steps", "2", "--iterations", "1", "--seed", "0", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("source") / "square.mp4"
-    write_video(path, moving_square(4, 32), 8.0)
-    return path
 
 
 def one_line(capsys, code: int, *fragments: str) -> str:
