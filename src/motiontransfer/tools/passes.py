@@ -64,8 +64,9 @@ def count_pass_flops(model: TextToVideo, frames: int, height: int, width: int, *
         cfg = _flops(lambda: model.predict(x, timestep, cond, cond, 10.0))
     with FeatureHooks(model.unet, layers, stop_early=True) as hooks:
         with torch.no_grad():
-            truncated = _flops(lambda: model.features(hooks, x, timestep, cond))
-            source = reduce_source(loss, model.features(hooks, x, timestep, cond))
+            features = {}                     # the counted pass also gives the source features: no second pass
+            truncated = _flops(lambda: features.update(source=model.features(hooks, x, timestep, cond)))
+            source = reduce_source(loss, features["source"])
 
         def iteration(mode: str):                 # as sampling.optimise_latent runs it, the Adam update left out
             with activation_options(model.unet, mode), torch.enable_grad():
