@@ -57,7 +57,7 @@ def shift_frames(clip: world.Clip, size: int) -> np.ndarray | None:
     ys, xs = np.nonzero(clip.masks.any(axis=0))
     if len(xs) == 0:
         return None
-    background = world.background_image(clip.params, size)
+    background = np.rint(world.background_image(clip.params, size))       # as `world.render` rounds it
     step = size // 4
     for dx, dy in ((step, 0), (-step, 0), (0, step), (0, -step)):
         if 0 <= xs.min() + dx and xs.max() + dx < size and 0 <= ys.min() + dy and ys.max() + dy < size:
@@ -66,7 +66,7 @@ def shift_frames(clip: world.Clip, size: int) -> np.ndarray | None:
             h, w = size - abs(dy), size - abs(dx)
             sy, sx, ty, tx = max(0, -dy), max(0, -dx), max(0, dy), max(0, dx)
             moved[:, ty:ty + h, tx:tx + w] = offset[:, sy:sy + h, sx:sx + w]
-            return np.rint(background + moved).clip(0, 255).astype(np.uint8)
+            return (background + moved).clip(0, 255).astype(np.uint8)
     return None
 
 
