@@ -225,8 +225,9 @@ def cmd_bench_speed(args) -> int:
 def cmd_demo(args) -> int:
     from .shapes.demo import demo
 
+    options = {"model": args.model} if args.model else {}
     done = demo(video=args.video, prompt=args.prompt, output_dir=args.output_dir, overwrite=bool(args.overwrite),
-                seed=args.seed, quiet=args.quiet, limits=_limits(args))
+                seed=args.seed, quiet=args.quiet, limits=_limits(args), **options)
     print(f"wrote {done.output_dir}")
     return 0
 
@@ -377,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", help="use this video instead of a synthetic one")
     p.add_argument("--prompt", default=None, help="target prompt (default: one that differs from the source)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default=None,
+                   help="model folder (default: the shipped shapes model); the synthetic clip is drawn at its size")
     p.add_argument("--output-dir", type=Path, default=Path("outputs/demo"))
     p.add_argument("--overwrite", action="store_true")
     _add_limit_options(p)

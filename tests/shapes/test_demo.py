@@ -1,6 +1,7 @@
 """The demo on a tiny random model: what it writes, and that it replaces an earlier result only when asked."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,3 +48,14 @@ def test_target_prompt_changes_shape_and_colour_and_keeps_the_background():
 def test_a_video_needs_a_prompt(tmp_path):
     with pytest.raises(ConfigError, match="--prompt"):
         demo(video=tmp_path / "clip.mp4", output_dir=tmp_path / "demo")
+
+
+def test_demo_command_takes_another_model(tiny_model, tmp_path, monkeypatch, capsys):
+    from motiontransfer import cli
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--model", str(tiny_model), "--output-dir", str(out), "--quiet"]) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert Path(record["model"]["path"]).resolve() == Path(tiny_model).resolve()
+    assert (out / "trajectory.png").is_file() and f"wrote {out}" in capsys.readouterr().out
