@@ -37,8 +37,8 @@ VARIANTS = ("ideal", "shifted", "static", "other")
 
 
 def candidate_layers(unet) -> list[str]:
-    """Every block's residual branches, temporal convolutions, attentions and up-samplers, in forward order."""
-    keep = (".conv2", ".upsamplers.0", ".downsamplers.0")
+    """Every block's residual branches (`conv2`, before the skip-add), temporal convolutions, attentions and
+    up-samplers, in the order `named_modules` lists them."""
     out = []
     for name, _ in unet.named_modules():
         parts = name.split(".")
@@ -48,7 +48,7 @@ def candidate_layers(unet) -> list[str]:
         if (len(tail) == 3 and tail[0] == "resnets" and tail[2] == "conv2") or \
                 (len(tail) == 2 and tail[0] in ("temp_convs", "attentions", "temp_attentions", "upsamplers")):
             out.append(name)
-    return [n for n in out if n.endswith(keep) or ".temp_convs." in n or "attentions." in n]
+    return out
 
 
 def shift_frames(clip: world.Clip, size: int) -> np.ndarray | None:
