@@ -155,20 +155,21 @@ def main() -> None:
     with FeatureHooks(model.unet, layers, stop_early=True) as hooks, torch.no_grad():
         for i, c in enumerate(clips):
             cond = model.encode_prompts([c["prompt"]])
+            src_x0 = model.encode_frames(c["source"])                 # each clip encoded once, noised per timestep
+            x0 = {v: None if c[v] is None else model.encode_frames(c[v]) for v in VARIANTS}
             for t in args.timesteps:
                 a = alphas_cumprod[t]
 
-                def feats(x0, prompt_cond, noise):
-                    return model.features(hooks, a.sqrt() * x0 + (1 - a).sqrt() * noise, t, prompt_cond)
-                src_x0 = model.encode_frames(c["source"])
+                def feats(latent, prompt_cond, noise):
+                    return model.features(hooks, a.sqrt() * latent + (1 - a).sqrt() * noise, t, prompt_cond)
                 src_noise = torch.randn(src_x0.shape, generator=generator)
                 src = reduce_source(args.loss, feats(src_x0, source_cond, src_noise))
                 for v in VARIANTS:
-                    if c[v] is None:
+                    if x0[v] is None:
                         for name in layers:
                             losses[name][v].append(float("nan"))
                         continue
-                    gen = feats(model.encode_frames(c[v]), cond, variant_noise(args.noise, src_noise, generator))
+                    gen = feats(x0[v], cond, variant_noise(args.noise, src_noise, generator))
                     for name in layers:
                         losses[name][v].append(float(motion_loss(args.loss, {name: src[name]}, {name: gen[name]})))
             print(f"pair {i + 1}/{len(clips)} done", flush=True)
