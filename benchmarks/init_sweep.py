@@ -26,7 +26,7 @@ import motiontransfer
 from motiontransfer.cli import parse_key_value
 from motiontransfer.models import model_defaults
 from motiontransfer.shapes.classifier import classify_video
-from motiontransfer.shapes.report import transfer_pairs
+from motiontransfer.shapes.report import transfer_pairs, world_light
 from motiontransfer.shapes.tracking import object_track, trajectory_agreement
 
 DEFAULT_SETTINGS = {"lf4": {"init": "lf", "lf_factor": 4}, "lf2": {"init": "lf", "lf_factor": 2},
@@ -54,7 +54,8 @@ def main() -> None:
     rows = {name: [] for name in settings}
     misses = {name: collections.Counter() for name in settings}
     defaults = model_defaults(args.model)       # pairs at the model's own frame size and length
-    for i, (clip, target) in enumerate(transfer_pairs(args.pairs, args.seed, defaults.width, defaults.frames)):
+    for i, (clip, target) in enumerate(transfer_pairs(args.pairs, args.seed, defaults.width, defaults.frames,
+                                                             world_light(args.model))):
         for name, options in settings.items():
             r = motiontransfer.transfer(clip.frames, target["prompt"], model=args.model, seed=i, output_dir=False,
                                         quiet=True, **options)

@@ -31,7 +31,7 @@ from motiontransfer.initialization import lf_init
 from motiontransfer.losses import motion_loss, reduce_source
 from motiontransfer.models import load_model
 from motiontransfer.shapes import world
-from motiontransfer.shapes.report import transfer_pairs
+from motiontransfer.shapes.report import transfer_pairs, world_light
 
 VARIANTS = ("ideal", "shifted", "static", "other")
 
@@ -78,31 +78,27 @@ def with_texture(clip: world.Clip, kind: str, amplitude: float, rng: np.random.G
     return world.render(params, size, frames)
 
 
-def lit(frames: np.ndarray, strength: float) -> np.ndarray:
-    """Frames under a fixed light: brightness scaled by 1 - strength/2 at the top-left corner, rising linearly to
-    1 + strength/2 at the bottom-right, the same in every clip (a cue to absolute position that the world lacks)."""
-    size = frames.shape[1]
-    ramp = (np.arange(size)[:, None] + np.arange(size)[None, :]) / (2.0 * (size - 1))      # (H, W) in [0, 1]
-    gain = 1.0 - strength / 2 + strength * ramp
-    return np.rint(frames * gain[None, :, :, None]).clip(0, 255).astype(np.uint8)
-
-
-def variant_clips(pairs, size: int, frames: int) -> list[dict]:
+def variant_clips(pairs, size: int, frames: int, light: float = 0.0) -> list[dict]:
+    """Each pair's source and its four variants, every clip under the world's light of strength `light`. The
+    variants are drawn unlit and lit last, so the shifted object is lit where it has moved to."""
     out = []
     for i, (clip, target) in enumerate(pairs):
+        clip = world.render(dataclasses.replace(clip.params, light=0.0), size, frames)
         look = {"shape": target["shape"], "colour": target["colour"]}
         ideal = world.render(dataclasses.replace(clip.params, **look), size, frames)
         start = clip.centres[0] / size
         static = world.render(dataclasses.replace(clip.params, **look, motion="linear", x0=float(start[0]),
                                                   y0=float(start[1]), dx=0.0, dy=0.0), size, frames)
         nxt = pairs[(i + 1) % len(pairs)][0].params
-        other = world.render(dataclasses.replace(nxt, **look, background=clip.params.background,
+        other = world.render(dataclasses.replace(nxt, **look, light=0.0, background=clip.params.background,
                                                  texture=clip.params.texture,
                                                  texture_amplitude=clip.params.texture_amplitude,
                                                  texture_angle=clip.params.texture_angle,
                                                  texture_seed=clip.params.texture_seed), size, frames)
-        out.append({"source": clip.frames, "ideal": ideal.frames, "shifted": shift_frames(ideal, size),
-                    "static": static.frames, "other": other.frames, "prompt": target["prompt"]})
+        variants = {"source": clip.frames, "ideal": ideal.frames, "shifted": shift_frames(ideal, size),
+                    "static": static.frames, "other": other.frames}
+        out.append({k: None if v is None else world.apply_light(v, light) for k, v in variants.items()}
+                   | {"prompt": target["prompt"]})
     return out
 
 
@@ -131,9 +127,9 @@ def main() -> None:
     parser.add_argument("--texture", default="plain", choices=world.TEXTURES,
                         help="re-render every source on this background pattern (a static scene)")
     parser.add_argument("--texture-amplitude", type=float, default=16.0, help="grey levels (training: 8 to 16)")
-    parser.add_argument("--lighting", type=float, default=0.0,
-                        help="light every clip with the same diagonal brightness ramp of this strength (0.4: 80%% to "
-                             "120%%), a cue to absolute position that the world's clips do not have")
+    parser.add_argument("--light", type=float, default=None,
+                        help="light every clip with the world's fixed light (`world.apply_light`) of this strength; "
+                             "default: the model's own (0 for a model of an unlit world)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -146,9 +142,8 @@ def main() -> None:
         rng = np.random.default_rng(args.seed)
         pairs = [(with_texture(clip, args.texture, args.texture_amplitude, rng, size, frames), target)
                  for clip, target in pairs]
-    clips = variant_clips(pairs, size, frames)
-    if args.lighting:
-        clips = [{k: (lit(v, args.lighting) if isinstance(v, np.ndarray) else v) for k, v in c.items()} for c in clips]
+    light = world_light(args.model) if args.light is None else args.light
+    clips = variant_clips(pairs, size, frames, light)
     source_cond = model.encode_prompts([""])
     losses = {name: {v: [] for v in VARIANTS} for name in layers}      # [pair x timestep] per variant
     generator = torch.Generator().manual_seed(args.seed)
@@ -174,7 +169,7 @@ def main() -> None:
                         losses[name][v].append(float(motion_loss(args.loss, {name: src[name]}, {name: gen[name]})))
             print(f"pair {i + 1}/{len(clips)} done", flush=True)
     print(f"\n{args.pairs} pairs (seed {args.seed}) x timesteps {args.timesteps}, loss {args.loss}, "
-          f"noise {args.noise}, texture {args.texture}, lighting {args.lighting}; "
+          f"noise {args.noise}, texture {args.texture}, light {light}; "
           f"model {model.path}")
     print(f"{'layer':36s} {'res':>5s}  " + "  ".join(f"{v:>7s}" for v in VARIANTS) +
           "   ideal wins vs shifted / static / other")

@@ -21,7 +21,7 @@ import numpy as np
 import motiontransfer
 from motiontransfer.cli import parse_key_value
 from motiontransfer.models import model_defaults
-from motiontransfer.shapes.report import transfer_pairs
+from motiontransfer.shapes.report import transfer_pairs, world_light
 from motiontransfer.shapes.tracking import object_track, trajectory_agreement
 
 
@@ -50,7 +50,8 @@ def main() -> None:
     defaults = model_defaults(args.model)
     scale = max(1, 128 // defaults.width)
     rows, numbers = [], []
-    for i, (clip, target) in enumerate(transfer_pairs(args.pairs, args.seed, defaults.width, defaults.frames)):
+    for i, (clip, target) in enumerate(transfer_pairs(args.pairs, args.seed, defaults.width, defaults.frames,
+                                                             world_light(args.model))):
         rows.append(labelled_row(clip.frames, f"pair {i}: source ({clip.params.colour} {clip.params.shape})", scale))
         for name, extra in (("result", {}), ("no guidance", {"iterations": 0})):
             r = motiontransfer.transfer(clip.frames, target["prompt"], model=args.model, seed=i, output_dir=False,

@@ -63,12 +63,6 @@ def test_shift_is_refused_when_the_object_fills_the_frame(probe):
     assert probe.shift_frames(world.render(params, 32, 2), 32) is None
 
 
-def test_lighting_is_one_ramp_for_every_clip(probe):
-    flat = np.full((2, 16, 16, 3), 200, np.uint8)
-    lit = probe.lit(flat, 0.5)
-    assert lit[0, 0, 0, 0] == 150 and lit[0, -1, -1, 0] == 250 and np.array_equal(lit[0], lit[1])
-
-
 def test_probe_runs_on_a_tiny_model_and_reports_every_layer(probe, tiny_model, tmp_path, monkeypatch, capsys):
     out = tmp_path / "probe.json"
     monkeypatch.setattr(sys, "argv", ["layer_probe.py", "--model", str(tiny_model), "--pairs", "2",
@@ -80,3 +74,13 @@ def test_probe_runs_on_a_tiny_model_and_reports_every_layer(probe, tiny_model, t
         assert set(row["mean_loss"]) == {"ideal", "shifted", "static", "other"}
         assert all(0.0 <= w <= 1.0 for w in row["ideal_wins"].values())
     assert "the default layers' summed loss by timestep" in capsys.readouterr().out
+
+
+def test_lit_variants_are_lit_where_the_object_is(probe):
+    pairs = transfer_pairs(2, 1, 64, 8)
+    unlit = probe.variant_clips(pairs, 64, 8)
+    lit = probe.variant_clips(transfer_pairs(2, 1, 64, 8, light=0.4), 64, 8, light=0.4)
+    for a, b in zip(unlit, lit):
+        for v in ("source", "ideal", "static", "other", "shifted"):
+            if a[v] is not None:
+                np.testing.assert_array_equal(b[v], world.apply_light(a[v], 0.4))

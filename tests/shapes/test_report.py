@@ -2,7 +2,10 @@
 
 import json
 
+import numpy as np
+
 from motiontransfer.shapes import report as se
+from motiontransfer.shapes import world
 
 
 def test_evaluate_model_on_a_tiny_random_model(tiny_model, tmp_path):
@@ -19,3 +22,15 @@ def test_evaluate_model_on_a_tiny_random_model(tiny_model, tmp_path):
     assert report["transfer"]["source"]["velocity_cosine"] > 0.9           # the tracker on the source itself
     assert json.loads(out.read_text())["settings"]["n_prompts"] == 2
     assert "motion transfer" in se.format_report(report)
+
+
+def test_world_light_is_read_from_the_models_training_record(tmp_path):
+    assert se.world_light() == 0.0                                # the shipped model's world is unlit
+    (tmp_path / "motiontransfer.json").write_text(json.dumps({"width": 64, "train_config": {"light": 0.4}}))
+    assert se.world_light(str(tmp_path)) == 0.4
+    (tmp_path / "motiontransfer.json").write_text(json.dumps({"width": 64}))
+    assert se.world_light(str(tmp_path)) == 0.0
+    lit, unlit = se.transfer_pairs(2, 0, 32, 4, light=0.4), se.transfer_pairs(2, 0, 32, 4)
+    for (a, ta), (b, tb) in zip(lit, unlit):
+        assert ta == tb
+        np.testing.assert_array_equal(a.frames, world.apply_light(b.frames, 0.4))

@@ -341,3 +341,44 @@ def _dilated(mask: np.ndarray) -> np.ndarray:
 
 def _eroded(mask: np.ndarray) -> np.ndarray:
     return np.stack([cv2.erode(m.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) for m in mask])
+
+
+# ------------------------------------------------------------------------------------------------ light (v3)
+
+def test_light_takes_no_draw_and_lights_the_unlit_clip():
+    unlit = world.make_dataset(4, seed=3, size=32, frames=4, texture_prob=0.5)
+    lit = world.make_dataset(4, seed=3, size=32, frames=4, texture_prob=0.5, light=0.4)
+    assert lit["captions"] == unlit["captions"]
+    assert [dataclasses.replace(p, light=0.0) for p in lit["params"]] == unlit["params"]
+    np.testing.assert_array_equal(lit["frames"], world.apply_light(unlit["frames"], 0.4))
+    assert not np.array_equal(lit["frames"], unlit["frames"])
+
+
+def test_light_shows_both_coordinates_and_is_resolution_independent():
+    gain = world.light_gain(64, 0.4)
+    brightness = gain.mean(axis=-1)
+    assert (np.diff(brightness[:, 0]) < 0).all()                     # brighter at the top
+    np.testing.assert_allclose(np.diff(brightness[0]), 0, atol=1e-12)  # the tint keeps the mean
+    warm = gain[..., 0] - gain[..., 2]
+    assert (np.diff(warm[0]) < 0).all()                               # warmer on the left
+    np.testing.assert_allclose(np.diff(warm[:, 0]), 0, atol=1e-12)
+    assert abs(brightness[0, 0] - 1.2) < 0.01 and abs(brightness[-1, 0] - 0.8) < 0.01
+    small = world.light_gain(16, 0.4)
+    np.testing.assert_allclose(cv2.resize(gain, (16, 16), interpolation=cv2.INTER_AREA), small, atol=1e-9)
+
+
+def test_lit_object_looks_different_in_each_part_of_the_frame():
+    base = world.sample_params(np.random.default_rng(2), colour="red", background="gray")
+    looks = []
+    for x0, y0 in ((0.25, 0.25), (0.75, 0.25), (0.25, 0.75)):
+        params = dataclasses.replace(base, motion="linear", x0=x0, y0=y0, dx=0.0, dy=0.0, spin=0.0, size_ratio=1.0,
+                                     light=0.4)
+        clip = world.render(params, size=32, frames=1)
+        inside = clip.masks[0] & _eroded(clip.masks)[0]
+        looks.append(clip.frames[0][inside].mean(axis=0))
+    assert np.abs(looks[0] - looks[1]).max() > 20 and np.abs(looks[0] - looks[2]).max() > 20
+
+
+def test_light_strength_is_checked():
+    with pytest.raises(ValueError, match="light"):
+        dataclasses.replace(world.sample_params(np.random.default_rng(0)), light=1.5)

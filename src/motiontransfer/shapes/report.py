@@ -57,13 +57,25 @@ def held_out_prompts(n: int, seed: int) -> list[dict]:
     return out
 
 
-def transfer_pairs(pairs: int, seed: int, size: int, frames: int) -> list[tuple[world.Clip, dict]]:
+def world_light(model: str | Path | None = None) -> float:
+    """The strength of the world's light (`world.apply_light`) that the shapes model at `model` (None: the shipped
+    one) was trained under, from its `motiontransfer.json`; 0 for an unlit world or a model trained elsewhere."""
+    from ..models import resolve_model_path
+
+    record = resolve_model_path(model) / "motiontransfer.json"
+    if not record.exists():
+        return 0.0
+    return float((json.loads(record.read_text()).get("train_config") or {}).get("light", 0.0))
+
+
+def transfer_pairs(pairs: int, seed: int, size: int, frames: int, light: float = 0.0) -> list[tuple[world.Clip, dict]]:
     """Source clips and target prompts from `default_rng(seed + PAIR_SEED)`: each target has another shape and
-    another colour than its source, on the source's background (a colour allowed there), uniformly drawn."""
+    another colour than its source, on the source's background (a colour allowed there), uniformly drawn. The
+    sources are lit with strength `light` (the model's world); the light takes no draw, so the pairs are the same."""
     rng = np.random.default_rng(seed + PAIR_SEED)
     out = []
     for _ in range(pairs):
-        clip = world.sample_clip(rng, size, frames, motion_phrase_prob=0.0)
+        clip = world.sample_clip(rng, size, frames, motion_phrase_prob=0.0, light=light)
         p = clip.params
         shapes, colours = world.other_looks(p)
         target = {"shape": shapes[int(rng.integers(len(shapes)))], "colour": colours[int(rng.integers(len(colours)))],
@@ -131,6 +143,7 @@ def evaluate_model(model: str | None = None, n_prompts: int = 60, seed: int = 0,
     start = time.perf_counter()
     generator = get_model(TransferConfig(model=model))
     size, frames = generator.defaults.width, generator.defaults.frames
+    light = world_light(model)                                  # clips as the model's world shows them
     if generator.defaults.height != size:
         raise ValueError(f"the shapes evaluation needs square frames, the model makes "
                          f"{size}x{generator.defaults.height}")
@@ -148,7 +161,7 @@ def evaluate_model(model: str | None = None, n_prompts: int = 60, seed: int = 0,
         item = {"prompt": target["prompt"], "seed": seed + i, "seconds": time.perf_counter() - tic}
         item.update(_judge(result.frames, target))
         videos.append(item)
-    real = world.make_dataset(real_clips, seed=seed + REAL_SEED, size=size, frames=frames)
+    real = world.make_dataset(real_clips, seed=seed + REAL_SEED, size=size, frames=frames, light=light)
     real_coherence = [coherence(f) for f in real["frames"]]
     jump, real_jump = _nanmedian([v["max_jump"] for v in videos]), _nanmedian([c["max_jump"] for c in real_coherence])
     t2v = {"n": len(videos),
@@ -165,7 +178,7 @@ def evaluate_model(model: str | None = None, n_prompts: int = 60, seed: int = 0,
     # VAE round trip -----------------------------------------------------------------------------------
     vae = {"clips": vae_clips, "frames": 0}
     if vae_clips:
-        data = world.make_dataset(vae_clips, seed=seed + VAE_SEED, size=size, frames=frames)
+        data = world.make_dataset(vae_clips, seed=seed + VAE_SEED, size=size, frames=frames, light=light)
         originals = data["frames"]                                             # (N, F, H, W, 3)
         rounds = np.stack([generator.decode_latents(generator.encode_frames(clip)) for clip in originals])
         psnrs = [_psnr(a, b) for a, b in zip(originals, rounds)]
@@ -180,7 +193,7 @@ def evaluate_model(model: str | None = None, n_prompts: int = 60, seed: int = 0,
 
     # motion transfer ----------------------------------------------------------------------------------
     method, baseline, source, items = [], [], [], []
-    for i, (clip, target) in enumerate(tqdm(transfer_pairs(pairs, seed, size, frames), desc="transfer",
+    for i, (clip, target) in enumerate(tqdm(transfer_pairs(pairs, seed, size, frames, light), desc="transfer",
                                             disable=not progress, dynamic_ncols=True)):
         truth = clip.centres.astype(np.float64)
         p = clip.params

@@ -53,6 +53,7 @@ class TrainConfig:
     frames: int = 16                # frames per clip
     clips: int = 20_000             # training clips
     texture_prob: float = 0.0       # share of clips with a textured background (world version 2)
+    light: float = 0.0              # strength of the world's fixed light on every clip (world version 3)
     max_tokens: int = 16            # tokenizer model_max_length (captions have at most 13 words)
     # VAE
     vae_channels: tuple[int, ...] = (32, 64, 64)   # 2 downsamplings: factor 4, latent 4 x 8 x 8
@@ -198,7 +199,7 @@ def stage_data(cfg: TrainConfig, work: Path) -> None:
         return
     logger.info("rendering %d clips of %d frames at %dx%d", cfg.clips, cfg.frames, cfg.size, cfg.size)
     data = world.make_dataset(cfg.clips, seed=cfg.seed, size=cfg.size, frames=cfg.frames, progress=True,
-                              texture_prob=cfg.texture_prob)
+                              texture_prob=cfg.texture_prob, light=cfg.light)
     with atomic_path(path) as tmp:
         np.savez(tmp, frames=data["frames"], captions=np.array(data["captions"]))
 

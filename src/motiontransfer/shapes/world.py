@@ -30,6 +30,11 @@ Backgrounds. A textured background stays within `_TEXTURE_AMPLITUDE` grey levels
 always towards mid-grey (so nothing clips), and is the same in every frame: a static scene behind a moving
 object, as in real footage, while the background colour and the object stay easy to tell apart.
 
+Light (version 3 of the world). A clip may be lit by the world's one fixed light (`apply_light`, strength
+`ClipParams.light`): brighter at the top than at the bottom and warmer on the left than on the right, the same
+in every clip. It is a cue to absolute position that plain backgrounds lack: the object looks a little different
+in each part of the frame, so features averaged over the frame can tell where it is.
+
 Captions follow one grammar, `a {colour} {shape} [{motion phrase}] on a {background} background`, e.g.
 "a red star moving left on a white background".
 """
@@ -193,6 +198,7 @@ class ClipParams:
     texture_amplitude: float = 0.0 # grey levels, the pattern's largest distance from the named colour
     texture_angle: float = 0.0     # gradient: direction in which it moves away from the colour, radians
     texture_seed: int = 0          # noise: the seed of its grid of levels
+    light: float = 0.0             # strength of the world's fixed light (`apply_light`); 0: unlit
 
     def __post_init__(self):
         for field, names in (("shape", SHAPES), ("colour", COLOURS), ("background", BACKGROUNDS),
@@ -203,6 +209,8 @@ class ClipParams:
             raise ValueError(f"size0 and size_ratio must be positive, got {self.size0}, {self.size_ratio}")
         if not 0.0 <= self.texture_amplitude <= 127.0:
             raise ValueError(f"texture_amplitude must be in [0, 127] grey levels, got {self.texture_amplitude}")
+        if not 0.0 <= self.light < 1.0:
+            raise ValueError(f"light must be in [0, 1), got {self.light}")
         if not 0.0 <= self.pause_start <= self.pause_end <= 1.0 or self.pause_end - self.pause_start >= 1.0:
             raise ValueError(f"need 0 <= pause_start <= pause_end <= 1 and a pause shorter than the clip, "
                              f"got [{self.pause_start}, {self.pause_end}]")
@@ -373,16 +381,19 @@ def _bounce_anchor(rng: np.random.Generator, params: ClipParams) -> ClipParams:
 
 def sample_params(rng: np.random.Generator, *, shape: str | None = None, colour: str | None = None,
                   background: str | None = None, motion: str | None = None,
-                  texture_prob: float = 0.0) -> ClipParams:
+                  texture_prob: float = 0.0, light: float = 0.0) -> ClipParams:
     """Draws a clip: uniform shape, colour, background and motion (colour and background by PAIR_PROBABILITIES).
 
     Arguments that are given are kept; the random draws are made all the same, so fixing the shape, say,
     leaves the colour, background and motion of the same generator state unchanged. About 25% of clips
     do not spin and about 30% keep their size. With probability `texture_prob` the background is textured
     (gradient or noise, equally likely); those draws come last and only when `texture_prob` > 0, so version 1
-    clips of a seed are unchanged. Raises ValueError for an unknown name or a FORBIDDEN pair.
+    clips of a seed are unchanged. The clip is lit with strength `light` (no draw). Raises ValueError for an
+    unknown name or a FORBIDDEN pair.
     """
     params = _sample_plain(rng, shape=shape, colour=colour, background=background, motion=motion)
+    if light:
+        params = dataclasses.replace(params, light=light)
     if texture_prob <= 0.0 or rng.random() >= texture_prob:
         return params
     return dataclasses.replace(params, texture=TEXTURES[1 + int(rng.integers(len(TEXTURES) - 1))],
@@ -504,6 +515,28 @@ def background_image(params: ClipParams, size: int) -> np.ndarray:
     return bg + params.texture_amplitude * pattern[..., None] * towards_grey
 
 
+def light_gain(size: int, strength: float) -> np.ndarray:
+    """The world's fixed light as a per-pixel, per-channel gain, (size, size, 3) float64.
+
+    Brightness falls linearly from 1 + strength/2 at the top edge to 1 - strength/2 at the bottom, and a warm
+    tint falls from left to right: red gains, and blue loses, up to 3/8 of `strength` at the left edge, the
+    reverse at the right. Two independent ramps, so both coordinates of a position show. Normalised
+    coordinates: the same light at every resolution.
+    """
+    centres = (np.arange(size) + 0.5) / size - 0.5                              # normalised, about the centre
+    tint = np.array([1.0, 0.0, -1.0])
+    return (1.0 - strength * centres[:, None, None]
+            - 0.75 * strength * centres[None, :, None] * tint)
+
+
+def apply_light(frames: np.ndarray, strength: float) -> np.ndarray:
+    """`frames` (..., H, W, 3) uint8 under the world's fixed light of `strength` (`light_gain`); uint8."""
+    if strength == 0.0:
+        return frames
+    gain = light_gain(frames.shape[-2], strength)
+    return np.rint(frames * gain).clip(0, 255).astype(np.uint8)
+
+
 def _bicubic(grid: np.ndarray, coords: np.ndarray) -> np.ndarray:
     """Catmull-Rom interpolation of a (G, G) grid at (coords[i], coords[j]) for all i, j (grid units, rows by
     the first index): (N,) -> (N, N). Resolution-independent, unlike an image resize of the grid."""
@@ -542,7 +575,7 @@ def render(params: ClipParams, size: int = 32, frames: int = 16, *, supersample:
     bg = background_image(params, size)                                      # (H, W, 3)
     cover = count[..., None] / levels                                        # (F, H, W, 1) in [0, 1]
     pixels = np.rint(bg + cover * (obj - bg)).clip(0, 255).astype(np.uint8)
-    return Clip(frames=pixels, masks=2 * count >= levels, centres=centres.astype(np.float32),
+    return Clip(frames=apply_light(pixels, params.light), masks=2 * count >= levels, centres=centres.astype(np.float32),
                 sizes=sizes.astype(np.float32), angles=angles.astype(np.float32),
                 caption=caption(params, motion_phrase=motion_phrase), params=params)
 
@@ -654,8 +687,11 @@ def sample_clip(rng: np.random.Generator, size: int = 32, frames: int = 16, moti
 
 def make_dataset(n: int, seed: int, size: int = 32, frames: int = 16, motion_phrase_prob: float = 0.5,
                  progress: bool = False, *, masks: bool = False, supersample: int = 4,
-                 texture_prob: float = 0.0) -> dict:
+                 texture_prob: float = 0.0, light: float = 0.0) -> dict:
     """Renders n clips from `np.random.default_rng(seed)`; the same arguments give the same arrays.
+
+    Every clip is lit with strength `light` (version 3 of the world); the light takes no random draw, so the
+    clips are those of `light=0` under the light.
 
     Returns {"frames": (N, F, H, W, 3) uint8, "captions": list[str], "shape", "colour", "background",
     "motion": (N,) int64 indices into SHAPES, COLOURS, BACKGROUNDS, MOTIONS, "centres": (N, F, 2) float32 px,
@@ -680,7 +716,7 @@ def make_dataset(n: int, seed: int, size: int = 32, frames: int = 16, motion_phr
     index = {"shape": SHAPES, "colour": tuple(COLOURS), "background": tuple(BACKGROUNDS), "motion": MOTIONS}
     for i in tqdm(range(n), desc="world", disable=not progress, dynamic_ncols=True):
         clip = sample_clip(rng, size, frames, motion_phrase_prob, supersample=supersample,
-                           texture_prob=texture_prob)
+                           texture_prob=texture_prob, light=light)
         out["frames"][i] = clip.frames
         out["centres"][i] = clip.centres
         out["sizes"][i] = clip.sizes
