@@ -2,14 +2,15 @@
 
     apt-get install opencv-doc      # OpenCV's sample clips, among them vtest.avi (a static shot of pedestrians)
     OMP_NUM_THREADS=1 python benchmarks/real_crossing.py [--model PATH] [--clip PATH] [--region X,Y,W,H]
-        [--start N] [--stride N] [--prompt TEXT] [--option KEY=VALUE ...] --output docs/results/real_crossing.png
+        [--start N] [--stride N] [--prompt TEXT ...] [--option KEY=VALUE ...] --output docs/results/real_crossing.png
 
 The default window is one pedestrian of vtest.avi walking up and to the left across a 160x160 region of the
 paved path (found
 by `find_windows`: one moving blob in every frame, inside the middle 70% of the window, the longest way moved).
 The source's path is measured on the real footage: the camera is static, so the median of the whole clip is the
 empty scene, and the moving person is the largest blob that differs from it. The transfer (the model's defaults
-plus `--option`s) and the same transfer without guidance (`iterations=0`) are tracked with
+plus `--option`s; prompt i with seed `--seed` + i) and the same transfer without guidance (`iterations=0`) are
+tracked with
 `shapes.tracking.object_track`; both are compared with the source's path (velocity cosine, centre error in the
 model's pixels) and drawn under it, every third frame. Numbers also go to the JSON file next to the picture.
 """
@@ -92,7 +93,8 @@ def main() -> None:
                         default=DEFAULT_WINDOW["region"], metavar="X,Y,W,H")
     parser.add_argument("--start", type=int, default=DEFAULT_WINDOW["start"])
     parser.add_argument("--stride", type=int, default=DEFAULT_WINDOW["stride"])
-    parser.add_argument("--prompt", default="a red circle on a gray background")
+    parser.add_argument("--prompt", nargs="+", default=["a red circle on a gray background",
+                                                         "a blue square on a white background"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--option", action="append", default=[], type=parse_key_value, metavar="KEY=VALUE")
     parser.add_argument("--output", type=Path, required=True, help="the picture (.png); numbers go to .json")
@@ -112,18 +114,20 @@ def main() -> None:
     numbers = []
     options = dict(args.option) | {"region": args.region, "start": args.start, "stride": args.stride,
                                    "frames": frames}
-    for name, extra in (("result", {}), ("no guidance", {"iterations": 0})):
-        r = motiontransfer.transfer(args.clip, args.prompt, model=args.model, seed=args.seed, output_dir=False,
-                                    quiet=True, **(options | extra))
-        agree = trajectory_agreement(centres, object_track(r.frames))
-        numbers.append({"row": name, **agree})
-        rows.append(labelled_row(r.frames, f"{name}: velocity cos {agree['velocity_cosine']:.2f}, centre error "
-                                           f"{agree['centre_error']:.1f} px", scale))
-        print(f"{name:12s} cos {agree['velocity_cosine']:5.2f} err {agree['centre_error']:5.2f}", flush=True)
+    for j, prompt in enumerate(args.prompt):
+        for name, extra in (("result", {}), ("no guidance", {"iterations": 0})):
+            r = motiontransfer.transfer(args.clip, prompt, model=args.model, seed=args.seed + j, output_dir=False,
+                                        quiet=True, **(options | extra))
+            agree = trajectory_agreement(centres, object_track(r.frames))
+            numbers.append({"prompt": prompt, "seed": args.seed + j, "row": name, **agree})
+            rows.append(labelled_row(r.frames, f"{name}: {prompt}  velocity cos {agree['velocity_cosine']:.2f}, "
+                                               f"centre error {agree['centre_error']:.1f} px", scale))
+            print(f"{prompt:40s} {name:12s} cos {agree['velocity_cosine']:5.2f} err {agree['centre_error']:5.2f}",
+                  flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(args.output), np.concatenate(rows, axis=0)[..., ::-1])
     args.output.with_suffix(".json").write_text(json.dumps(
-        {"model": args.model, "clip": str(args.clip), "prompt": args.prompt, "window": options,
+        {"model": args.model, "clip": str(args.clip), "window": options,
          "source_path": centres.tolist(), "rows": numbers}, indent=2, default=float) + "\n")
 
 
