@@ -81,16 +81,16 @@ def with_texture(clip: world.Clip, kind: str, amplitude: float, rng: np.random.G
 def variant_clips(pairs, size: int, frames: int, light: float = 0.0) -> list[dict]:
     """Each pair's source and its four variants, every clip under the world's light of strength `light`. The
     variants are drawn unlit and lit last, so the shifted object is lit where it has moved to."""
+    unlit = [dataclasses.replace(clip.params, light=0.0) for clip, _ in pairs]
     out = []
-    for i, (clip, target) in enumerate(pairs):
-        clip = world.render(dataclasses.replace(clip.params, light=0.0), size, frames)
+    for i, (_, target) in enumerate(pairs):
+        clip = world.render(unlit[i], size, frames)
         look = {"shape": target["shape"], "colour": target["colour"]}
         ideal = world.render(dataclasses.replace(clip.params, **look), size, frames)
         start = clip.centres[0] / size
         static = world.render(dataclasses.replace(clip.params, **look, motion="linear", x0=float(start[0]),
                                                   y0=float(start[1]), dx=0.0, dy=0.0), size, frames)
-        nxt = pairs[(i + 1) % len(pairs)][0].params
-        other = world.render(dataclasses.replace(nxt, **look, light=0.0, background=clip.params.background,
+        other = world.render(dataclasses.replace(unlit[(i + 1) % len(pairs)], **look, background=clip.params.background,
                                                  texture=clip.params.texture,
                                                  texture_amplitude=clip.params.texture_amplitude,
                                                  texture_angle=clip.params.texture_angle,
