@@ -225,7 +225,7 @@ def cmd_bench_speed(args) -> int:
 def cmd_demo(args) -> int:
     from .shapes.demo import demo
 
-    options = {"model": args.model} if args.model else {}
+    options = {k: v for k, v in (("model", args.model), ("reuse_every", args.reuse_every)) if v is not None}
     done = demo(video=args.video, prompt=args.prompt, output_dir=args.output_dir, overwrite=bool(args.overwrite),
                 seed=args.seed, quiet=args.quiet, limits=_limits(args), **options)
     print(f"wrote {done.output_dir}")
@@ -380,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None,
                    help="model folder (default: the shipped shapes model); the synthetic clip is drawn at its size")
+    p.add_argument("--reuse-every", type=int, metavar="K", default=None,
+                   help="optimise every K-th guided step only (default here 1: every step, the paper's recipe; "
+                        "a transfer's default is 3)")
     p.add_argument("--output-dir", type=Path, default=Path("outputs/demo"))
     p.add_argument("--overwrite", action="store_true")
     _add_limit_options(p)

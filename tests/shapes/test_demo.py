@@ -59,3 +59,15 @@ def test_demo_command_takes_another_model(tiny_model, tmp_path, monkeypatch, cap
     record = json.loads((out / "run.json").read_text())
     assert Path(record["model"]["path"]).resolve() == Path(tiny_model).resolve()
     assert (out / "trajectory.png").is_file() and f"wrote {out}" in capsys.readouterr().out
+
+
+def test_demo_optimises_every_guided_step_unless_told(tiny_model, tmp_path, monkeypatch):
+    from motiontransfer import cli
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for name, extra, every in (("plain", [], 1), ("cheap", ["--reuse-every", "3"], 3)):
+        out = tmp_path / name
+        assert cli.main(["demo", "--model", str(tiny_model), "--output-dir", str(out), "--quiet"] + extra) == 0
+        steps = json.loads((out / "run.json").read_text())["guidance"]
+        assert len(steps) > 3
+        assert [not s["reused"] for s in steps] == [i % every == 0 for i in range(len(steps))], name
