@@ -102,3 +102,37 @@ def test_a_bad_setting_is_one_line_before_any_stage_runs(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "error: unknown TrainConfig field 'no_such_field'"
     assert cli.main(["train", "--work", str(tmp_path / "w"), "--set", "latent_norm=other"]) == 2
     assert not (tmp_path / "w" / "data.npz").exists()
+
+
+def test_a_continuation_learns_the_words_its_start_lacks_and_keeps_the_others(tmp_path):
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    first, out = tmp_path / "first", tmp_path / "model"
+    assert cli.main(["train", "--work", str(first), "--export", str(out), "--set", *TOY]) == 0
+    cfg = train.train_config(first)
+    position_words = {"from", "top", "bottom", "middle"}
+    full = json.loads((out / "tokenizer" / "vocab.json").read_text())     # an older export: no position words
+    train.build_tokenizer(out / "tokenizer", cfg.max_tokens, [w for w in vocabulary() if w not in position_words])
+    older = json.loads((out / "tokenizer" / "vocab.json").read_text())
+    text = CLIPTextModel.from_pretrained(out, subfolder="text_encoder")
+    train.carry_embeddings(cfg, text, full, older).half().save_pretrained(out / "text_encoder")
+    old_tok = CLIPTokenizer.from_pretrained(out / "tokenizer")
+    assert not position_words & set(train.known_words(old_tok))
+
+    nxt = tmp_path / "next"                                  # no steps left: the export is the seeded state
+    assert cli.main(["train", "--work", str(tmp_path / "again"), "--init-from", str(out), "--export", str(nxt),
+                     "--set", *TOY, "position_prob=0.5"]) == 0
+    new_tok = CLIPTokenizer.from_pretrained(nxt / "tokenizer")
+    assert position_words <= set(json.loads((nxt / "motiontransfer.json").read_text())["vocabulary"])
+    before = CLIPTextModel.from_pretrained(out, subfolder="text_encoder").get_input_embeddings().weight
+    after = CLIPTextModel.from_pretrained(nxt, subfolder="text_encoder").get_input_embeddings().weight
+    moved = [w for w in vocabulary() if w not in position_words and new_tok.convert_tokens_to_ids(w + "</w>")
+             != old_tok.convert_tokens_to_ids(w + "</w>")]
+    assert moved                                             # ids differ between the two tokenizers ...
+    for w in vocabulary():
+        (i,), = [new_tok(w, add_special_tokens=False).input_ids]
+        if w in position_words:
+            assert train.torch.allclose(after[i], before.float().mean(0).to(after.dtype), atol=1e-3)
+        else:                                                # ... yet every known word keeps its embedding
+            (j,), = [old_tok(w, add_special_tokens=False).input_ids]
+            assert train.torch.equal(after[i], before[j]), w

@@ -382,3 +382,28 @@ def test_lit_object_looks_different_in_each_part_of_the_frame():
 def test_light_strength_is_checked():
     with pytest.raises(ValueError, match="light"):
         dataclasses.replace(world.sample_params(np.random.default_rng(0)), light=1.5)
+
+
+def test_position_phrase_names_the_third_the_object_starts_in():
+    assert world.describe_position(0.1, 0.1) == "top left" and world.describe_position(0.5, 0.5) == "middle"
+    assert world.describe_position(0.9, 0.5) == "right" and world.describe_position(0.5, 0.99) == "bottom"
+    assert world.describe_position(1.0, 0.0) == "top right"
+    for seed in range(10):
+        clip = world.sample_clip(np.random.default_rng(seed), size=48, position_phrase=True)
+        x, y = clip.centres[0] / 48
+        assert f" from {world.describe_position(x, y)} on a " in clip.caption
+        words = clip.caption.split()
+        assert set(words) <= set(world.vocabulary()) and len(words) <= 14      # fits 16 tokens with bos/eos
+        assert world.parse_caption(clip.caption)["shape"] == clip.params.shape
+
+
+def test_position_captions_keep_the_clips_and_the_other_words():
+    plain = world.make_dataset(40, seed=3, size=16, frames=4)
+    placed = world.make_dataset(40, seed=3, size=16, frames=4, position_prob=0.5)
+    np.testing.assert_array_equal(plain["frames"], placed["frames"])
+    with_phrase = [" from " in c for c in placed["captions"]]
+    assert 8 <= sum(with_phrase) <= 32
+    for a, b, has in zip(plain["captions"], placed["captions"], with_phrase):
+        assert (a == b) != has and (a == " ".join(w for w in b.split() if w not in {"from", "top", "bottom",
+                                                                               "middle", "left", "right"})
+                                    or "left" in a or "right" in a)

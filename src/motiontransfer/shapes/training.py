@@ -54,6 +54,7 @@ class TrainConfig:
     clips: int = 20_000             # training clips
     texture_prob: float = 0.0       # share of clips with a textured background (world version 2)
     light: float = 0.0              # strength of the world's fixed light on every clip (world version 3)
+    position_prob: float = 0.0      # share of captions that say where the object starts (world version 4)
     max_tokens: int = 16            # tokenizer model_max_length (captions have at most 13 words)
     # VAE
     vae_channels: tuple[int, ...] = (32, 64, 64)   # 2 downsamplings: factor 4, latent 4 x 8 x 8
@@ -141,6 +142,25 @@ def build_text_encoder(cfg: TrainConfig, vocab_size: int):
     return CLIPTextModel(config)
 
 
+def known_words(tokenizer, words: list[str] | None = None) -> list[str]:
+    """The words of `words` (default: the world's vocabulary) that `tokenizer` keeps whole, as one token."""
+    words = world.vocabulary() if words is None else words
+    return [w for w in words if len(tokenizer(w, add_special_tokens=False).input_ids) == 1]
+
+
+def carry_embeddings(cfg: TrainConfig, text, old_vocab: dict[str, int], new_vocab: dict[str, int]):
+    """A text encoder for the tokenizer of `new_vocab` with `text`'s weights: every token the two vocabularies
+    share keeps its embedding row (ids differ between them), a new token starts at the mean of the old rows."""
+    carried = build_text_encoder(cfg, len(new_vocab))
+    old = text.get_input_embeddings().weight.detach()
+    key, = [name for name, p in text.named_parameters() if p is text.get_input_embeddings().weight]
+    rows = old.mean(dim=0, keepdim=True).repeat(len(new_vocab), 1)
+    shared = [(i, old_vocab[token]) for token, i in new_vocab.items() if token in old_vocab]
+    rows[[i for i, _ in shared]] = old[[j for _, j in shared]]
+    carried.load_state_dict(text.state_dict() | {key: rows})
+    return carried
+
+
 def build_unet(cfg: TrainConfig):
     """ZeroScope's block types at a small width, so the default hooked layer names apply unchanged."""
     from diffusers import UNet3DConditionModel
@@ -199,7 +219,7 @@ def stage_data(cfg: TrainConfig, work: Path) -> None:
         return
     logger.info("rendering %d clips of %d frames at %dx%d", cfg.clips, cfg.frames, cfg.size, cfg.size)
     data = world.make_dataset(cfg.clips, seed=cfg.seed, size=cfg.size, frames=cfg.frames, progress=True,
-                              texture_prob=cfg.texture_prob, light=cfg.light)
+                              texture_prob=cfg.texture_prob, light=cfg.light, position_prob=cfg.position_prob)
     with atomic_path(path) as tmp:
         np.savez(tmp, frames=data["frames"], captions=np.array(data["captions"]))
 
@@ -430,18 +450,27 @@ def seed_from_export(cfg: TrainConfig, work: Path, source: Path) -> None:
     import shutil
 
     from diffusers import AutoencoderKL, UNet3DConditionModel
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextModel, CLIPTokenizer
 
     if (work / "unet.pt").exists() or (work / "vae.pt").exists():
         raise ConfigError(f"{work} already holds checkpoints; --init-from needs an empty work folder")
     recorded = json.loads((source / "motiontransfer.json").read_text())
     steps = recorded["trained_steps"]
-    shutil.copytree(source / "tokenizer", work / "tokenizer", dirs_exist_ok=True)
+    missing = sorted(set(world.vocabulary()) - set(known_words(CLIPTokenizer.from_pretrained(source / "tokenizer"))))
+    if missing:         # a newer world's words: a tokenizer for all of them, the known words' embeddings carried
+        build_tokenizer(work / "tokenizer", cfg.max_tokens)
+        logger.info("the world has words %s's tokenizer lacks (%s): new tokenizer, embeddings carried over",
+                    source, ", ".join(missing))
+    else:
+        shutil.copytree(source / "tokenizer", work / "tokenizer", dirs_exist_ok=True)
     vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
     vae_step = cfg.vae_steps if recorded.get("width", cfg.size) == cfg.size else 0
     save_atomic({"model": vae.state_dict(), "step": vae_step, "seeded_from": str(source)}, work / "vae.pt")
     unet = UNet3DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch.float32)
     text = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=torch.float32)
+    if missing:
+        vocab = (work / "tokenizer" / "vocab.json", source / "tokenizer" / "vocab.json")
+        text = carry_embeddings(cfg, text, *(json.loads(v.read_text()) for v in vocab[::-1]))
     params = [p.detach().clone() for p in list(unet.parameters()) + list(text.parameters())]
     save_atomic({"unet": unet.state_dict(), "text": text.state_dict(), "ema": params, "step": steps,
                  "seeded_from": str(source)}, work / "unet.pt")
@@ -481,7 +510,7 @@ def export(cfg: TrainConfig, work: Path, out: Path, *, dtype=torch.float16) -> N
             # benchmarks/init_sweep.py: on this small model the unfiltered inverted latent follows the source's
             # motion far better than LF init (Eq. 4), at the same colour and shape rates
             "method_defaults": {"init": "inverted"},
-            "vocabulary": world.vocabulary(),    # prompts with other words get a warning (models.check_words)
+            "vocabulary": known_words(tokenizer),    # prompts with other words get a warning (models.check_words)
             "trained_steps": state["step"], "train_config": asdict(cfg)}, indent=2))
     logger.info("exported step %d to %s", state["step"], out)
 

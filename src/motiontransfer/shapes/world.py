@@ -89,6 +89,8 @@ MOTIONS: tuple[str, ...] = (
 # Background patterns (version 2 of the world): none, a linear gradient, smooth value noise. Static in time.
 TEXTURES: tuple[str, ...] = ("plain", "gradient", "noise")
 
+_POSITION_COLUMNS = ("left", "", "right")      # thirds of the frame (describe_position)
+_POSITION_ROWS = ("top", "", "bottom")
 _DIRECTIONS = ("right", "up and right", "up", "up and left", "left", "down and left", "down", "down and right")
 _MOTION_PHRASES: dict[str, str] = {  # "linear" takes "moving {direction}" instead
     "bounce": "bouncing around",
@@ -557,11 +559,12 @@ def _bicubic(grid: np.ndarray, coords: np.ndarray) -> np.ndarray:
 
 
 def render(params: ClipParams, size: int = 32, frames: int = 16, *, supersample: int = 4,
-           motion_phrase: bool = False) -> Clip:
+           motion_phrase: bool = False, position_phrase: bool = False) -> Clip:
     """Renders a clip of `frames` frames at `size` x `size` pixels; deterministic given its arguments.
 
     The object's colour is blended over the background by the fraction of its `supersample` x `supersample`
-    sub-pixels that the object covers; the caption has a motion phrase when `motion_phrase` is true.
+    sub-pixels that the object covers; the caption has a motion phrase when `motion_phrase` is true, and says
+    where the object starts when `position_phrase` is true (`describe_position`).
     """
     if size < 1 or supersample < 1:
         raise ValueError(f"size and supersample must be >= 1, got {size}, {supersample}")
@@ -577,7 +580,8 @@ def render(params: ClipParams, size: int = 32, frames: int = 16, *, supersample:
     pixels = np.rint(bg + cover * (obj - bg)).clip(0, 255).astype(np.uint8)
     return Clip(frames=apply_light(pixels, params.light), masks=2 * count >= levels, centres=centres.astype(np.float32),
                 sizes=sizes.astype(np.float32), angles=angles.astype(np.float32),
-                caption=caption(params, motion_phrase=motion_phrase), params=params)
+                caption=caption(params, motion_phrase=motion_phrase,
+                                start=centres[0] / size if position_phrase else None), params=params)
 
 
 def centre_from_mask(mask: np.ndarray) -> np.ndarray:
@@ -609,11 +613,22 @@ def describe_motion(params: ClipParams) -> str:
     return _MOTION_PHRASES[params.motion]
 
 
-def caption(params: ClipParams, *, motion_phrase: bool) -> str:
-    """`a {colour} {shape} [{motion phrase}] on a {background} background`."""
+def describe_position(x: float, y: float) -> str:
+    """Where a normalised point (x right, y down, both in [0, 1]) lies, by thirds of the frame: "top left",
+    "top", "top right", "left", "middle", "right", "bottom left", "bottom", "bottom right"."""
+    column = _POSITION_COLUMNS[min(2, max(0, int(x * 3)))]
+    row = _POSITION_ROWS[min(2, max(0, int(y * 3)))]
+    return " ".join(w for w in (row, column) if w) or "middle"
+
+
+def caption(params: ClipParams, *, motion_phrase: bool, start: tuple[float, float] | None = None) -> str:
+    """`a {colour} {shape} [{motion phrase}] [from {position}] on a {background} background`; the position
+    phrase (world version 4) says where the object is at the first frame, `start` (normalised x, y)."""
     words = ["a", params.colour, params.shape]
     if motion_phrase:
         words.append(describe_motion(params))
+    if start is not None:
+        words += ["from", describe_position(*start)]
     words += ["on", "a", params.background, "background"]
     return " ".join(words)
 
@@ -640,7 +655,8 @@ def _phrases() -> dict[str, str]:
 
 def vocabulary() -> list[str]:
     """Every word a caption can contain, lowercase, sorted."""
-    words = {"a", "on", "background", *SHAPES, *COLOURS, *BACKGROUNDS}
+    words = {"a", "on", "background", "from", "middle", *SHAPES, *COLOURS, *BACKGROUNDS, *_POSITION_ROWS,
+             *_POSITION_COLUMNS} - {""}
     for phrase in _phrases():
         words.update(phrase.split())
     return sorted(words)
@@ -677,21 +693,24 @@ def parse_caption(text: str) -> dict[str, str | None]:
 # ----------------------------------------------------------------------------------------------------- datasets
 
 def sample_clip(rng: np.random.Generator, size: int = 32, frames: int = 16, motion_phrase_prob: float = 0.5,
-                *, supersample: int = 4, **fixed) -> Clip:
+                *, supersample: int = 4, position_phrase: bool = False, **fixed) -> Clip:
     """Samples params (`fixed` as in `sample_params`) and renders them; the caption has a motion phrase with
-    probability `motion_phrase_prob`."""
+    probability `motion_phrase_prob`, and a position phrase when `position_phrase` is true (it takes no draw)."""
     params = sample_params(rng, **fixed)
     with_phrase = bool(rng.random() < motion_phrase_prob)
-    return render(params, size, frames, supersample=supersample, motion_phrase=with_phrase)
+    return render(params, size, frames, supersample=supersample, motion_phrase=with_phrase,
+                  position_phrase=position_phrase)
 
 
 def make_dataset(n: int, seed: int, size: int = 32, frames: int = 16, motion_phrase_prob: float = 0.5,
                  progress: bool = False, *, masks: bool = False, supersample: int = 4,
-                 texture_prob: float = 0.0, light: float = 0.0) -> dict:
+                 texture_prob: float = 0.0, light: float = 0.0, position_prob: float = 0.0) -> dict:
     """Renders n clips from `np.random.default_rng(seed)`; the same arguments give the same arrays.
 
     Every clip is lit with strength `light` (version 3 of the world); the light takes no random draw, so the
-    clips are those of `light=0` under the light.
+    clips are those of `light=0` under the light. A share `position_prob` of the captions say where the object
+    starts (version 4: "a red circle moving left from top right on a white background"), drawn from a
+    generator of their own, so the clips and the other captions' words are those of `position_prob=0`.
 
     Returns {"frames": (N, F, H, W, 3) uint8, "captions": list[str], "shape", "colour", "background",
     "motion": (N,) int64 indices into SHAPES, COLOURS, BACKGROUNDS, MOTIONS, "centres": (N, F, 2) float32 px,
@@ -714,9 +733,10 @@ def make_dataset(n: int, seed: int, size: int = 32, frames: int = 16, motion_phr
     if masks:
         out["masks"] = np.empty((n, frames, size, size), bool)
     index = {"shape": SHAPES, "colour": tuple(COLOURS), "background": tuple(BACKGROUNDS), "motion": MOTIONS}
+    positioned = np.random.default_rng([seed, 4]).random(n) < position_prob
     for i in tqdm(range(n), desc="world", disable=not progress, dynamic_ncols=True):
         clip = sample_clip(rng, size, frames, motion_phrase_prob, supersample=supersample,
-                           texture_prob=texture_prob, light=light)
+                           texture_prob=texture_prob, light=light, position_phrase=bool(positioned[i]))
         out["frames"][i] = clip.frames
         out["centres"][i] = clip.centres
         out["sizes"][i] = clip.sizes
