@@ -55,7 +55,7 @@ class TrainConfig:
     texture_prob: float = 0.0       # share of clips with a textured background (world version 2)
     light: float = 0.0              # strength of the world's fixed light on every clip (world version 3)
     position_prob: float = 0.0      # share of captions that say where the object starts (world version 4)
-    max_tokens: int = 16            # tokenizer model_max_length (captions have at most 13 words)
+    max_tokens: int = 16            # tokenizer model_max_length (captions have at most 14 words)
     # VAE
     vae_channels: tuple[int, ...] = (32, 64, 64)   # 2 downsamplings: factor 4, latent 4 x 8 x 8
     vae_steps: int = 5_000
@@ -446,7 +446,9 @@ def seed_from_export(cfg: TrainConfig, work: Path, source: Path) -> None:
     `cfg.vae_steps` fine-tuning steps at the new size), its UNet and text encoder (and their moving average)
     as the state after the steps it records, without optimiser moments. Every network here is convolutional
     or attends over positions, so the weights run at any size. Lets training continue on a machine that kept
-    no checkpoints, and a larger model start from a smaller one."""
+    no checkpoints, and a larger model start from a smaller one. Where the world has words the export's
+    tokenizer lacks (a newer world version's), the tokenizer is built again and `carry_embeddings` keeps the
+    known words' embeddings."""
     import shutil
 
     from diffusers import AutoencoderKL, UNet3DConditionModel
@@ -459,7 +461,7 @@ def seed_from_export(cfg: TrainConfig, work: Path, source: Path) -> None:
     missing = sorted(set(world.vocabulary()) - set(known_words(CLIPTokenizer.from_pretrained(source / "tokenizer"))))
     if missing:         # a newer world's words: a tokenizer for all of them, the known words' embeddings carried
         build_tokenizer(work / "tokenizer", cfg.max_tokens)
-        logger.info("the world has words %s's tokenizer lacks (%s): new tokenizer, embeddings carried over",
+        logger.info("%s's tokenizer lacks the world's words %s: a new tokenizer, the known words' embeddings kept",
                     source, ", ".join(missing))
     else:
         shutil.copytree(source / "tokenizer", work / "tokenizer", dirs_exist_ok=True)
@@ -469,8 +471,8 @@ def seed_from_export(cfg: TrainConfig, work: Path, source: Path) -> None:
     unet = UNet3DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch.float32)
     text = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=torch.float32)
     if missing:
-        vocab = (work / "tokenizer" / "vocab.json", source / "tokenizer" / "vocab.json")
-        text = carry_embeddings(cfg, text, *(json.loads(v.read_text()) for v in vocab[::-1]))
+        old_vocab, new_vocab = (json.loads((d / "tokenizer" / "vocab.json").read_text()) for d in (source, work))
+        text = carry_embeddings(cfg, text, old_vocab, new_vocab)
     params = [p.detach().clone() for p in list(unet.parameters()) + list(text.parameters())]
     save_atomic({"unet": unet.state_dict(), "text": text.state_dict(), "ema": params, "step": steps,
                  "seeded_from": str(source)}, work / "unet.pt")
