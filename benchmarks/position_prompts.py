@@ -50,8 +50,8 @@ def main() -> None:
                 distance = None if found is None else float(np.hypot(start[0] - cx, start[1] - cy))
                 rows.append({"prompt": prompt, "named": place, "found": found, "distance": distance,
                              "kind": name})
-                print(f"{name:13s} {prompt:60s} starts {found}  ({distance if distance is None else round(distance, 2)})",
-                      flush=True)
+                away = "" if distance is None else f"  ({distance:.2f} from the named cell's centre)"
+                print(f"{name:13s} {prompt:60s} starts {found}{away}", flush=True)
     for name in ("with position", "without"):
         picked = [r for r in rows if r["kind"] == name]
         hits = np.mean([r["found"] == r["named"] for r in picked])

@@ -74,26 +74,30 @@ def blob_centres(masks: np.ndarray, min_area: int = 20) -> np.ndarray | None:
     return np.array(out)
 
 
+def empty_scene(video: np.ndarray, region, scene: tuple[int, int] | None = None) -> np.ndarray:
+    """The region of the empty scene, (h, w, 3) float: the median of the clip's frames `scene` (start, stop), or
+    of every 5th frame."""
+    x, y, w, h = region
+    shot = video[slice(*scene)] if scene else video[::5]
+    return np.median(shot[:, y:y + h, x:x + w], axis=0)
+
+
 def source_path(video: np.ndarray, region, start: int, stride: int, frames: int,
                 scene: tuple[int, int] | None = None) -> np.ndarray | None:
     """The crossing object's path (F, 2) in the region's pixels, or None where some frame of the window holds
-    more or fewer than one moving blob. `video` is the whole clip (N, H, W, 3); the empty scene is the median of
-    its frames `scene` (start, stop), or of every 5th frame."""
+    more or fewer than one moving blob. `video` is the whole clip (N, H, W, 3); `scene` as in `empty_scene`."""
     x, y, w, h = region
-    shot = video[slice(*scene)] if scene else video[::5]
-    background = np.median(shot[:, y:y + h, x:x + w], axis=0)
     picked = video[start:start + stride * frames:stride, y:y + h, x:x + w]
-    return blob_centres(foreground(picked, background))
+    return blob_centres(foreground(picked, empty_scene(video, region, scene)))
 
 
 def dark_path(video: np.ndarray, region, start: int, stride: int, frames: int, scene: tuple[int, int] | None = None,
               *, dark: int = 70, light: int = 90) -> np.ndarray | None:
     """The path (F, 2) of a dark mover over a lighter scene, in the region's pixels: per frame, the centroid of
-    the pixels darker than `dark` (mean of the channels) where the empty scene (as in `source_path`) is lighter
+    the pixels darker than `dark` (mean of the channels) where the empty scene (`empty_scene`) is lighter
     than `light`, opened with a 5x5 square. None where some frame has fewer than 1% of the window's pixels so."""
     x, y, w, h = region
-    shot = video[slice(*scene)] if scene else video[::5]
-    scene_grey = np.median(shot[:, y:y + h, x:x + w], axis=0).mean(axis=-1)
+    scene_grey = empty_scene(video, region, scene).mean(axis=-1)
     picked = video[start:start + stride * frames:stride, y:y + h, x:x + w].mean(axis=-1)
     kernel = np.ones((5, 5), np.uint8)
     out = []

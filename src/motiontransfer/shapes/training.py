@@ -458,9 +458,10 @@ def seed_from_export(cfg: TrainConfig, work: Path, source: Path) -> None:
         raise ConfigError(f"{work} already holds checkpoints; --init-from needs an empty work folder")
     recorded = json.loads((source / "motiontransfer.json").read_text())
     steps = recorded["trained_steps"]
-    missing = sorted(set(world.vocabulary()) - set(known_words(CLIPTokenizer.from_pretrained(source / "tokenizer"))))
+    old_tokenizer = CLIPTokenizer.from_pretrained(source / "tokenizer")
+    missing = sorted(set(world.vocabulary()) - set(known_words(old_tokenizer)))
     if missing:         # a newer world's words: a tokenizer for all of them, the known words' embeddings carried
-        build_tokenizer(work / "tokenizer", cfg.max_tokens)
+        new_vocab = build_tokenizer(work / "tokenizer", cfg.max_tokens).get_vocab()
         logger.info("%s's tokenizer lacks the world's words %s: a new tokenizer, the known words' embeddings kept",
                     source, ", ".join(missing))
     else:
@@ -471,8 +472,7 @@ def seed_from_export(cfg: TrainConfig, work: Path, source: Path) -> None:
     unet = UNet3DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch.float32)
     text = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=torch.float32)
     if missing:
-        old_vocab, new_vocab = (json.loads((d / "tokenizer" / "vocab.json").read_text()) for d in (source, work))
-        text = carry_embeddings(cfg, text, old_vocab, new_vocab)
+        text = carry_embeddings(cfg, text, old_tokenizer.get_vocab(), new_vocab)
     params = [p.detach().clone() for p in list(unet.parameters()) + list(text.parameters())]
     save_atomic({"unet": unet.state_dict(), "text": text.state_dict(), "ema": params, "step": steps,
                  "seeded_from": str(source)}, work / "unet.pt")
