@@ -209,7 +209,7 @@ def cmd_bench(args) -> int:
     from .evaluation.suite import bench_suite, markdown_table
 
     summary = bench_suite(args.suite, args.output_dir, methods=args.methods, limit=args.limit, quiet=args.quiet,
-                          options=dict(args.option or []), ray_address=args.ray)
+                          options=dict(args.option or []), model=args.model, ray_address=args.ray)
     print(markdown_table(summary["rows"], summary["text_fidelity"]))
     return 0
 
@@ -355,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", parents=[common], help="run a suite of cases through several methods")
     p.add_argument("--suite", default="shapes", help="shapes (shipped) or a suite YAML file")
     p.add_argument("--limit", type=int, help="first N cases only")
+    p.add_argument("--model", help="model folder or hub id for every case, over the suite's (world cases are "
+                                   "rendered at its size)")
     p.add_argument("--option", type=parse_key_value, action="append", metavar="KEY=VALUE",
                    help="a transfer option for every method, over the suite's (YAML value; repeatable)")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",

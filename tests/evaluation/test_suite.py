@@ -95,6 +95,27 @@ def test_finished_pairs_are_kept_and_ray_tasks_give_the_same_records(suite, tmp_
     assert summary["rows"][0]["cases"] == 2
 
 
+def test_model_replaces_the_suites_and_sets_the_world_cases_size(tmp_path):
+    from conftest import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "m48", size=48)
+    spec, cases = bench.load_suite("shapes", model=str(model))
+    assert spec["model"] == str(model)
+    assert cases[0].frames.shape == (16, 48, 48, 3) and cases[0].centres.max() > 32
+    assert bench.case_options(spec, "no_guidance") == {"iterations": 0, "model": str(model)}
+
+
+def test_a_kept_result_made_otherwise_is_an_error_not_a_mix(suite, tmp_path):
+    out = tmp_path / "out"
+    bench.bench_suite(suite, out, methods=["t2v"], quiet=True, grid=10, limit=1)
+    with pytest.raises(ConfigError, match="other settings"):
+        bench.bench_suite(suite, out, methods=["t2v"], quiet=True, grid=10, limit=1, options={"steps": 4})
+    with pytest.raises(ConfigError, match="other settings"):
+        bench.bench_suite(suite, out, methods=["t2v"], quiet=True, grid=10, limit=1, seed=1)
+    again = bench.bench_suite(suite, out, methods=["t2v"], quiet=True, grid=10, limit=1)
+    assert again["rows"][0]["cases"] == 1
+
+
 def test_options_override_the_suite_and_methods_override_them(suite, tmp_path, monkeypatch):
     seen = {}
 

@@ -68,7 +68,9 @@ class Case:
     centres: np.ndarray | None = None     # (F, 2) ground-truth object centres, for world cases
 
 
-def load_suite(suite: str | Path) -> tuple[dict, list[Case]]:
+def load_suite(suite: str | Path, model: str | None = None) -> tuple[dict, list[Case]]:
+    """The suite's spec and cases; `model` (a folder or hub id) replaces the suite's own, and world cases are
+    rendered at its size."""
     path = SUITES_DIR / f"{suite}.yaml" if str(suite) in {p.stem for p in SUITES_DIR.glob("*.yaml")} else Path(suite)
     if not path.exists():
         raise ConfigError(f"suite {suite} not found: give a YAML file or one of "
@@ -78,6 +80,8 @@ def load_suite(suite: str | Path) -> tuple[dict, list[Case]]:
     unknown = set(spec) - known
     if unknown:
         raise ConfigError(f"unknown key(s) in suite {path}: {', '.join(sorted(unknown))}")
+    if model is not None:
+        spec["model"] = str(model)
     if spec.get("text_fidelity", "clip") not in ("clip", "attributes"):
         raise ConfigError("text_fidelity must be clip or attributes")
     cases = []
@@ -137,12 +141,18 @@ def score_case(case: Case, frames: np.ndarray, spec: dict, grid: int) -> dict:
     return scores
 
 
-def run_case(case: Case, method: str, spec: dict, seed: int) -> tuple[dict, np.ndarray]:
-    from ..pipeline import transfer
-
+def case_options(spec: dict, method: str) -> dict:
+    """The transfer options of one method on this suite: the suite's, the method's changes, the model."""
     options = {**(spec.get("options") or {}), **METHODS[method]}
     if spec.get("model") is not None:
         options["model"] = spec["model"]
+    return options
+
+
+def run_case(case: Case, method: str, spec: dict, seed: int) -> tuple[dict, np.ndarray]:
+    from ..pipeline import transfer
+
+    options = case_options(spec, method)
     start = time.perf_counter()
     result = transfer(case.frames, case.prompt, output_dir=False, quiet=True, fps=case.fps, seed=seed,
                       source_prompt=case.source_prompt, **options)
@@ -238,7 +248,7 @@ def bench_task(item: tuple[Case, str, dict, int, int, str]) -> dict:
 
 def bench_suite(suite: str | Path, output_dir: str | Path, *, methods: list[str] | None = None,
                 limit: int | None = None, seed: int = 0, grid: int = 30, quiet: bool = False,
-                options: dict | None = None, ray_address: str | None = None,
+                options: dict | None = None, model: str | None = None, ray_address: str | None = None,
                 ray_init: dict | None = None) -> dict:
     """Runs every case through every method, scores them, and writes results.json/.md and scatter.png.
 
@@ -246,6 +256,8 @@ def bench_suite(suite: str | Path, output_dir: str | Path, *, methods: list[str]
     after another here, or with `ray_address` as Ray tasks on a cluster (`engine.run_tasks`: "local" starts one
     on this machine, one task per CPU or GPU; `ray_init` goes to `ray.init`), with the same outputs. `options`
     (TransferConfig fields) override the suite's `options`; each method's own changes still apply on top.
+    `model` replaces the suite's model. A kept result made with other options or another seed is an error, not
+    a silent mix: give another output folder.
 
     Returns the summary: suite, cases, methods, seed, grid, text_fidelity ("clip" or "attributes"), rows (per
     method) and records (per case and method)."""
@@ -255,7 +267,7 @@ def bench_suite(suite: str | Path, output_dir: str | Path, *, methods: list[str]
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ConfigError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
-    spec, cases = load_suite(suite)
+    spec, cases = load_suite(suite, model=model)
     if options:
         spec["options"] = {**(spec.get("options") or {}), **options}
     cases = cases[:limit] if limit else cases
@@ -267,7 +279,13 @@ def bench_suite(suite: str | Path, output_dir: str | Path, *, methods: list[str]
         for method in methods:
             path = out / "cases" / case.name / f"{method}.json"
             if path.exists():
-                done[case.name, method] = json.loads(path.read_text())
+                kept = json.loads(path.read_text())
+                wanted = json.loads(json.dumps(case_options(spec, method), default=str))
+                if kept.get("options") != wanted or kept.get("seed") != seed:
+                    raise ConfigError(f"{path} was made with other settings (options {kept.get('options')}, seed "
+                                      f"{kept.get('seed')}) than this run's ({wanted}, seed {seed}): give another "
+                                      f"--output-dir, or delete it to run it again")
+                done[case.name, method] = kept
             else:
                 todo.append((case, method, spec, seed, grid, str(out)))
     with tqdm(total=len(todo), desc="bench", disable=quiet, dynamic_ncols=True) as bar:
@@ -286,4 +304,4 @@ def bench_suite(suite: str | Path, output_dir: str | Path, *, methods: list[str]
     scatter(rows, out / "scatter.png", f"{summary['suite']}: {len(cases)} cases", text_kind)
     return summary
 
-__all__ = ["METHODS", "Case", "bench_suite", "bench_task", "load_suite", "markdown_table", "score_case", "run_case"]
+__all__ = ["METHODS", "Case", "bench_suite", "bench_task", "case_options", "load_suite", "markdown_table", "score_case", "run_case"]
