@@ -406,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=int, default=20, help="motion transfer pairs (20)")
     p.add_argument("--steps", type=int, default=25, help="sampling steps of the text-to-video part (25)")
     p.add_argument("--transfer-steps", type=int, default=None,
-                   help="sampling steps of the transfer part and its baseline (default: the method's, 50)")
+                   help="sampling steps of the transfer part and its baseline (default: the method's, "
+                        f"{cfg.TransferConfig.steps})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--real-clips", type=int, default=200, help="world clips for the real max-jump statistic")
     p.add_argument("--vae-clips", type=int, default=20, help="world clips for the VAE round trip")

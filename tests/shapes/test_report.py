@@ -34,3 +34,12 @@ def test_world_light_is_read_from_the_models_training_record(tmp_path):
     for (a, ta), (b, tb) in zip(lit, unlit):
         assert ta == tb
         np.testing.assert_array_equal(a.frames, world.apply_light(b.frames, 0.4))
+
+
+def test_bad_report_sizes_are_named_in_a_clear_error():
+    import pytest
+
+    from motiontransfer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"n_prompts 0 \(at least 1\), real_clips 0 \(at least 1\)"):
+        se.evaluate_model(None, n_prompts=0, real_clips=0, progress=False)

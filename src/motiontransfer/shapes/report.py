@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
 from . import world
 from .classifier import (ATTRIBUTES, classifier_record, classify_frames, classify_video, load_classifier,
                          shipped_classifier_path)
@@ -138,8 +139,11 @@ def evaluate_model(model: str | None = None, n_prompts: int = 60, seed: int = 0,
     from ..config import TransferConfig
     from ..pipeline import get_model, text_to_video, transfer, versions
 
-    if n_prompts < 1 or pairs < 0 or real_clips < 1 or vae_clips < 0 or steps < 1:
-        raise ValueError("need n_prompts >= 1, pairs >= 0, real_clips >= 1, vae_clips >= 0 and steps >= 1")
+    wrong = [f"{name} {value} (at least {least})" for name, value, least in
+             (("n_prompts", n_prompts, 1), ("pairs", pairs, 0), ("real_clips", real_clips, 1),
+              ("vae_clips", vae_clips, 0), ("steps", steps, 1)) if value < least]
+    if wrong:
+        raise ConfigError(f"report: {', '.join(wrong)}")
     start = time.perf_counter()
     generator = get_model(TransferConfig(model=model))
     size, frames = generator.defaults.width, generator.defaults.frames
