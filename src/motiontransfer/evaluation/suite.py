@@ -304,4 +304,5 @@ def bench_suite(suite: str | Path, output_dir: str | Path, *, methods: list[str]
     scatter(rows, out / "scatter.png", f"{summary['suite']}: {len(cases)} cases", text_kind)
     return summary
 
-__all__ = ["METHODS", "Case", "bench_suite", "bench_task", "case_options", "load_suite", "markdown_table", "score_case", "run_case"]
+__all__ = ["METHODS", "Case", "bench_suite", "bench_task", "case_options", "load_suite", "markdown_table",
+           "score_case", "run_case"]
