@@ -3,7 +3,9 @@
 import json
 
 import numpy as np
+import pytest
 
+from motiontransfer.errors import ConfigError
 from motiontransfer.shapes import report as se
 from motiontransfer.shapes import world
 
@@ -37,9 +39,5 @@ def test_world_light_is_read_from_the_models_training_record(tmp_path):
 
 
 def test_bad_report_sizes_are_named_in_a_clear_error():
-    import pytest
-
-    from motiontransfer.errors import ConfigError
-
     with pytest.raises(ConfigError, match=r"n_prompts 0 \(at least 1\), real_clips 0 \(at least 1\)"):
         se.evaluate_model(None, n_prompts=0, real_clips=0, progress=False)
