@@ -25,7 +25,8 @@ from motiontransfer import __version__
 from motiontransfer.config import DEFAULT_LAYERS
 from motiontransfer.features import FeatureHooks
 from motiontransfer.losses import motion_loss
-from motiontransfer.activations import checkpoint_blocks, unet_checkpoint_units
+from motiontransfer.activations import checkpoint_blocks
+from motiontransfer.backbones.unet3d import unet_checkpoint_units
 from motiontransfer.sampling import GuidedStep, optimise_latent
 from motiontransfer.tools.memory import (GIB, LiveBytes, SavedTensorCounter, cpu_allocator_peak, estimate_run,
                                          fused_attention, meta_model)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from motiontransfer.activations import activation_options, checkpoint_blocks, offload_activations
+from motiontransfer.backbones.unet3d import unet_checkpoint_units
 from motiontransfer.config import DEFAULT_LAYERS
 from motiontransfer.errors import ConfigError
 from motiontransfer.features import FeatureHooks
@@ -57,7 +58,7 @@ def test_gradients_equal_those_without_the_option(model, option, truncate):
     if option == "offload":
         ctx = _CopyingOffload(resident=[*unet.parameters(), *unet.buffers()])
     else:
-        ctx = activation_options(unet, "checkpoint", units=option.split("-")[1])
+        ctx = activation_options(unet, "checkpoint", names=unet_checkpoint_units(unet, option.split("-")[1]))
     with_option = _model_grad(model, x, cond, src, ctx, truncate)
     assert plain.abs().sum() > 0
     if option == "offload":
@@ -70,7 +71,7 @@ def test_gradients_equal_those_without_the_option(model, option, truncate):
 
 def test_checkpoint_recomputes_each_call_once_and_skips_no_grad_passes(model):
     x, cond, src = _model_inputs(model)
-    with activation_options(model.unet, "checkpoint", units="blocks") as ckpt:
+    with activation_options(model.unet, "checkpoint", names=model.checkpoint_units("blocks")) as ckpt:
         with torch.no_grad():
             model.predict(x, 701, cond)
         assert ckpt.calls == 0
@@ -86,7 +87,7 @@ def test_model_left_as_found(model):
     x, cond, src = _model_inputs(model)
     for mode in ("checkpoint", "offload"):
         with pytest.raises(RuntimeError, match="boom"):
-            with activation_options(unet, mode):
+            with activation_options(unet, mode, names=model.checkpoint_units()):
                 with FeatureHooks(unet, DEFAULT_LAYERS) as hooks:
                     model.features(hooks, x.requires_grad_(True), 701, cond)
                 raise RuntimeError("boom")
@@ -107,7 +108,7 @@ def test_an_error_inside_a_checkpointed_block_leaves_nothing_behind(model):
     handle = model.unet.get_submodule("down_blocks.1.attentions.0").register_forward_hook(boom)
     try:
         with pytest.raises(RuntimeError, match="boom"):
-            _model_grad(model, x, cond, src, activation_options(model.unet, "checkpoint", units="blocks"))
+            _model_grad(model, x, cond, src, activation_options(model.unet, "checkpoint", names=model.checkpoint_units("blocks")))
     finally:
         handle.remove()
     assert torch._C._autograd._top_saved_tensors_default_hooks(False) is None

@@ -13,10 +13,11 @@ from motiontransfer import cli
 from motiontransfer.config import TransferConfig, resolve
 from motiontransfer.errors import ConfigError
 from motiontransfer.sampling import GuidedStep, guided_sample, learning_rates, optimise_latent, relative_decrease
+from motiontransfer.schedules import DDIMSchedule
 
 from conftest import SCHEDULER, moving_square
 
-GUIDED = [901, 801, 701, 601, 501]          # the first half of 10 DDIM steps
+GUIDED = [0, 1, 2, 3, 4]                    # the first half of 10 DDIM steps (t = 901 ... 501)
 SHAPE = (1, 4, 3, 4, 4)
 
 
@@ -45,9 +46,10 @@ def _loop_before_issue_14(x, loss, steps, guided, iterations, learning_rate):
     """The guided DDIM loop as it was before early_stop and reuse_every, for the bit-for-bit check."""
     scheduler = DDIMScheduler.from_config(SCHEDULER)
     scheduler.set_timesteps(steps)
-    rates = dict(zip(guided, learning_rates(len(guided), *learning_rate)))
+    timesteps = [int(t) for t in scheduler.timesteps]
+    rates = dict(zip([timesteps[i] for i in guided], learning_rates(len(guided), *learning_rate)))
     with torch.no_grad():
-        for t in [int(t) for t in scheduler.timesteps]:
+        for t in timesteps:
             if t in rates:
                 with torch.enable_grad():
                     x = x.detach().clone().requires_grad_(True)
@@ -68,7 +70,7 @@ def test_off_is_the_loop_before_bit_for_bit():
     target = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
     before = _loop_before_issue_14(x_T, _loss(target), 10, GUIDED, 4, (0.1, 0.05))
     calls = {"source": 0, "forward": 0}
-    after, history = guided_sample(_predict, x_T, SCHEDULER, 10, guidance=_counted(lambda t: _loss(target), calls),
+    after, history = guided_sample(_predict, x_T, DDIMSchedule(SCHEDULER, 10), guidance=_counted(lambda t: _loss(target), calls),
                                    guided=GUIDED, iterations=4, learning_rate=(0.1, 0.05), progress=False,
                                    early_stop=0.0, reuse_every=1)
     assert torch.equal(after, before)
@@ -117,7 +119,7 @@ def test_early_stop_stops_when_the_loss_plateaus_and_on_a_rise():
 def test_early_stop_counts_in_guided_sample():
     target = torch.ones(SHAPE)
     calls = {"source": 0, "forward": 0}
-    _, history = guided_sample(_predict, torch.zeros(SHAPE), SCHEDULER, 10,
+    _, history = guided_sample(_predict, torch.zeros(SHAPE), DDIMSchedule(SCHEDULER, 10),
                                guidance=_counted(lambda t: (lambda x: (x - target).pow(2).mean() + 1.0), calls),
                                guided=GUIDED, iterations=50, learning_rate=(0.05, 0.05), progress=False,
                                early_stop=0.01)
@@ -139,7 +141,7 @@ def test_reuse_every_optimises_every_kth_step_and_applies_the_scaled_change():
         seen[t] = x.clone()
         return _predict(x, t)
 
-    _, history = guided_sample(predict, x_T, SCHEDULER, 10, guidance=_counted(lambda t: _loss(target), calls),
+    _, history = guided_sample(predict, x_T, DDIMSchedule(SCHEDULER, 10), guidance=_counted(lambda t: _loss(target), calls),
                                guided=GUIDED, iterations=4, learning_rate=(0.1, 0.05), progress=False,
                                reuse_every=2, callback=lambda i, t, x: after.setdefault(t, x.clone()))
     assert [s.reused for s in history.guided] == [False, True, False, True, False]
@@ -155,7 +157,7 @@ def test_reuse_every_optimises_every_kth_step_and_applies_the_scaled_change():
 
 def test_reuse_every_larger_than_the_window_optimises_the_first_step_only():
     calls = {"source": 0, "forward": 0}
-    _, history = guided_sample(_predict, torch.zeros(SHAPE), SCHEDULER, 10,
+    _, history = guided_sample(_predict, torch.zeros(SHAPE), DDIMSchedule(SCHEDULER, 10),
                                guidance=_counted(lambda t: _loss(torch.ones(SHAPE)), calls), guided=GUIDED,
                                iterations=3, progress=False, reuse_every=100)
     assert [s.reused for s in history.guided] == [False] + [True] * 4 and history.backward_passes == 3

@@ -114,8 +114,8 @@ def test_second_prompt_reuses_the_cached_inversion(tiny_model, source, tmp_path,
 
 def test_several_prompts_share_one_inversion(tiny_model, source, tmp_path, capsys, monkeypatch):
     calls = []
-    real = pipeline.ddim_invert
-    monkeypatch.setattr(pipeline, "ddim_invert", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = pipeline.invert_latent
+    monkeypatch.setattr(pipeline, "invert_latent", lambda *a, **k: calls.append(1) or real(*a, **k))
     out = tmp_path / "out"
     code, stdout, _ = run(capsys, "transfer", source, "--prompt", "a red star", "--prompt", "a blue circle",
                           "--model", tiny_model, "--cache-dir", tmp_path / "cache", "--output-dir", out, *FAST)

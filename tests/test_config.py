@@ -21,7 +21,7 @@ def test_default_preset_inverts_on_the_sampling_schedule():
     config, run = resolve()
     assert config == TransferConfig()
     assert config.inversion_steps is None and config.restart is False
-    assert config.layers == DEFAULT_LAYERS and (config.steps, config.reuse_every) == (25, 3)
+    assert config.layers is None and (config.steps, config.reuse_every) == (25, 3)      # None: the model's own
     assert run == {}
 
 
@@ -50,7 +50,7 @@ def test_previous_preset_spells_out_the_default_recipe_and_yields_to_the_model_a
     assert config.replace(steps=25, reuse_every=3) == TransferConfig()
     assert (config.steps, config.inversion_steps, config.restart, config.guidance_window, config.iterations,
             config.learning_rate, config.layers, config.loss, config.init, config.lf_factor, config.early_stop,
-            config.reuse_every) == (50, None, False, (0.0, 0.4), 10, (0.007, 0.004), DEFAULT_LAYERS,
+            config.reuse_every) == (50, None, False, (0.0, 0.4), 10, (0.007, 0.004), None,
                                     "pairwise_cosine", "lf", 4, 0.0, 1)
     # a model's recommendations (e.g. the shipped model's init: inverted) apply over it as over the defaults; the
     # reference preset's values are explicit and win
@@ -176,7 +176,7 @@ def test_empty_file_is_the_defaults(tmp_path):
     ({"guidance_window": (0.0, 1.5)}, "guidance window"),
     ({"learning_rate": (-0.01, 0.004)}, "learning_rate"),
     ({"learning_rate": (0.01,)}, "learning_rate"),
-    ({"layer_weights": (1.0, 2.0)}, "layer_weights has 2 entries for 3 layers"),
+    ({"layers": DEFAULT_LAYERS, "layer_weights": (1.0, 2.0)}, "layer_weights has 2 entries for 3 layers"),
     ({"inversion_steps": 20}, r"--inversion-steps \(20\) must be at least --steps \(25\)"),
     ({"inversion_steps": 1000}, "at most 999"),
     ({"steps": 0}, "--steps"),

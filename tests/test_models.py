@@ -231,7 +231,7 @@ def test_zeroscope_truncated_pass_stops_after_up_blocks_1(zeroscope_unet):
 # ------------------------------------------------------------------------------------------- vocabulary warnings
 
 def test_unknown_words_of_a_closed_vocabulary():
-    from motiontransfer.models import unknown_words
+    from motiontransfer.backbones.base import unknown_words
     vocab = ("a", "red", "star", "on", "black", "background")
     assert unknown_words("a dolphin swimming, a Dolphin!", vocab) == ["dolphin", "swimming"]
     assert unknown_words("A red star on a black background.", vocab) == []
@@ -242,7 +242,7 @@ def test_shipped_model_warns_once_about_words_it_does_not_know(caplog):
     from motiontransfer.models import load_model
     model = load_model(None, device="cpu")
     assert "star" in model.defaults.vocabulary and "dolphin" not in model.defaults.vocabulary
-    with caplog.at_level("WARNING", logger="motiontransfer.models"):
+    with caplog.at_level("WARNING", logger="motiontransfer.backbones"):
         model.encode_prompts(["a dolphin swimming", "a red star on a black background"])
         model.encode_prompts(["a dolphin swimming"])
     warnings = [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
@@ -253,9 +253,10 @@ def test_shipped_model_warns_once_about_words_it_does_not_know(caplog):
 def test_the_reference_negative_prompt_is_not_warned_about(caplog):
     """--preset reference adds its negative prompt whatever the model: the user did not write those words."""
     from motiontransfer.config import REFERENCE_NEGATIVE_PROMPT
-    from motiontransfer.models import load_model, unknown_words
+    from motiontransfer.backbones.base import unknown_words
+    from motiontransfer.models import load_model
     model = load_model(None, device="cpu")
     assert unknown_words(REFERENCE_NEGATIVE_PROMPT, model.defaults.vocabulary)     # the words are unknown...
-    with caplog.at_level("WARNING", logger="motiontransfer.models"):
+    with caplog.at_level("WARNING", logger="motiontransfer.backbones"):
         model.encode_prompts(["a red star", REFERENCE_NEGATIVE_PROMPT])
     assert not [r for r in caplog.records if "does not know" in r.getMessage()]    # ...and not warned about

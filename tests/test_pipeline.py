@@ -123,11 +123,11 @@ def test_inversion_cache_key_names_the_seed_only_for_a_posterior_sample():
     from motiontransfer.pipeline import inversion_settings
 
     def settings(**changes):
-        return inversion_settings(TransferConfig(inversion_steps=50, **changes), [981, 961], torch.float32)
+        return inversion_settings(TransferConfig(inversion_steps=50, **changes), [1, 0], torch.float32)
 
-    # the mean's key is the one cached before vae_encode existed; a sample's holds its seed
-    assert settings(seed=0) == settings(seed=1) == {"inversion_steps": 50, "source_prompt": "", "keep": [961, 981],
-                                                    "dtype": "torch.float32"}
+    # the mean's key does not name the seed; a sample's holds it
+    assert settings(seed=0) == settings(seed=1) == {"steps": 25, "inversion_steps": 50, "source_prompt": "",
+                                                    "keep": [0, 1], "dtype": "torch.float32"}
     assert settings(seed=0, vae_encode="sample") == settings(seed=0) | {"vae_encode": "sample", "seed": 0}
     assert settings(seed=0, vae_encode="sample") != settings(seed=1, vae_encode="sample")
 
@@ -269,3 +269,13 @@ def test_a_tampered_cache_entry_is_recomputed_and_a_failing_cache_write_loses_no
     assert r.frames.shape == fresh.frames.shape and "could not write the inversion cache" in caplog.text
     with pytest.raises(OutputError, match="could not write the inversion cache"):
         motiontransfer.invert(video, **opts)
+
+
+def test_layers_default_to_the_models_and_their_weights_are_checked_against_them(opts):
+    from motiontransfer.config import DEFAULT_LAYERS
+
+    result = motiontransfer.transfer(moving_square(), "a green star", output_dir=False, seed=0, fps=8.0, **opts)
+    assert tuple(result.config.layers) == DEFAULT_LAYERS                 # the UNet3D family's, the reference's
+    with pytest.raises(ConfigError, match="layer_weights has 2 entries for 3 layers"):
+        motiontransfer.transfer(moving_square(), "a green star", output_dir=False, seed=0, fps=8.0,
+                                layer_weights=(1.0, 2.0), **opts)

@@ -1,11 +1,12 @@
 """Activation options for the guidance step: what its forward keeps for backward (GPU memory).
 
-`activation_options(unet, mode)` is a context manager around the guidance step (the forward and backward passes
-of `sampling.optimise_latent`):
+`activation_options(denoiser, mode, names=...)` is a context manager around the guidance step (the forward and
+backward passes of `sampling.optimise_latent`):
 
     none        autograd keeps what each op saves for backward (the default)
-    checkpoint  chosen UNet blocks keep only their inputs; in backward each one runs its forward again, once,
-                to rebuild what it had saved (`checkpoint_blocks`). The gradients are those of `none`.
+    checkpoint  chosen blocks of the denoiser (`names`: a backbone's `checkpoint_units`) keep only their inputs;
+                in backward each one runs its forward again, once, to rebuild what it had saved
+                (`checkpoint_blocks`). The gradients are those of `none`.
     offload     tensors saved for backward move to host memory (pinned when CUDA is there) and come back when
                 backward needs them; parameters and host tensors stay where they are (`offload_activations`)
 
@@ -30,7 +31,6 @@ from torch.utils.checkpoint import get_device_states, set_device_states
 from .config import ACTIVATION_MODES
 from .errors import ConfigError
 
-CHECKPOINT_UNITS = ("blocks", "layers")
 
 # ------------------------------------------------------------------------------------------------ storages
 
@@ -243,22 +243,6 @@ def checkpoint_blocks(model: nn.Module, names: Iterable[str], *,
     return BlockCheckpointing(model, names, recompute_context=recompute_context)
 
 
-def unet_checkpoint_units(unet: nn.Module, units: str = "layers") -> list[str]:
-    """What `checkpoint` recomputes as one piece: the UNet's top-level blocks (`blocks`: down_blocks.i,
-    mid_block, up_blocks.i) or every layer inside them (`layers`: resnets.j, temp_convs.j, attentions.j,
-    temp_attentions.j, the down- and upsamplers)."""
-    if units not in CHECKPOINT_UNITS:
-        raise ConfigError(f"checkpoint units must be one of {', '.join(CHECKPOINT_UNITS)}, got {units!r}")
-    blocks = [f"down_blocks.{i}" for i in range(len(unet.down_blocks))]
-    blocks += ["mid_block"] if getattr(unet, "mid_block", None) is not None else []
-    blocks += [f"up_blocks.{i}" for i in range(len(unet.up_blocks))]
-    if units == "blocks":
-        return blocks
-    modules = dict(unet.named_modules())
-    return [f"{block}.{group}.{j}" for block in blocks for group, layers in modules[block].named_children()
-            if isinstance(layers, nn.ModuleList) for j in range(len(layers))]
-
-
 # ---------------------------------------------------------------------------------------- activation offload
 
 class offload_activations:
@@ -311,12 +295,12 @@ class offload_activations:
 
 
 @contextlib.contextmanager
-def activation_options(unet: nn.Module, mode: str = "none", *, units: str = "layers",
-                       names: Iterable[str] | None = None) -> Iterator[BlockCheckpointing | offload_activations | None]:
-    """What the guidance step keeps for backward: `none`, `checkpoint` (the `units` of `unet_checkpoint_units`,
-    or the modules `names`) or `offload`. Open it around the forward and backward of the guidance step:
+def activation_options(denoiser: nn.Module, mode: str = "none", *, names: Iterable[str] | None = None
+                       ) -> Iterator[BlockCheckpointing | offload_activations | None]:
+    """What the guidance step keeps for backward: `none`, `checkpoint` (the modules `names`: a backbone's
+    `checkpoint_units()`) or `offload`. Open it around the forward and backward of the guidance step:
 
-    >>> with activation_options(model.unet, "checkpoint"):
+    >>> with activation_options(model.denoiser, "checkpoint", names=model.checkpoint_units()):
     ...     x = optimise_latent(x, loss_fn, iterations, lr, step)
     """
     if mode not in ACTIVATION_MODES:
@@ -324,12 +308,13 @@ def activation_options(unet: nn.Module, mode: str = "none", *, units: str = "lay
     if mode == "none":
         yield None
     elif mode == "checkpoint":
-        with checkpoint_blocks(unet, unet_checkpoint_units(unet, units) if names is None else names) as ckpt:
+        if names is None:
+            raise ValueError("checkpoint needs the names of the units to recompute (a backbone's checkpoint_units)")
+        with checkpoint_blocks(denoiser, names) as ckpt:
             yield ckpt
     else:
-        with offload_activations(resident=[*unet.parameters(), *unet.buffers()]) as offload:
+        with offload_activations(resident=[*denoiser.parameters(), *denoiser.buffers()]) as offload:
             yield offload
 
 
-__all__ = ["activation_options", "checkpoint_blocks", "offload_activations", "unet_checkpoint_units",
-           "BlockCheckpointing", "CHECKPOINT_UNITS"]
+__all__ = ["activation_options", "checkpoint_blocks", "offload_activations", "BlockCheckpointing"]

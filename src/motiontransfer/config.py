@@ -23,6 +23,7 @@ REFERENCE_NEGATIVE_PROMPT = "bad quality, distortions, unrealistic, distorted im
 
 # The reference's three layers, all in `up_blocks.1` (a CrossAttnUpBlock3D): the residual branch of
 # `resnets.1` before its skip-add (its `conv2` output), the temporal convolution after it, and the upsampler.
+# The UNet3D family's default layers (`layers: None` takes the model family's own: `Backbone.default_layers`).
 DEFAULT_LAYERS = ("up_blocks.1.resnets.1.conv2", "up_blocks.1.temp_convs.1", "up_blocks.1.upsamplers.0")
 
 # Allowed values, one list each: validation, the command line's choices and the modules that act on them read
@@ -46,6 +47,7 @@ METHOD_OPTIONS = ("source_prompt", "guidance_scale", "steps", "inversion_steps",
 INVERT_IGNORES = ("guidance_scale", "negative_prompt", "restart", "iterations", "early_stop", "reuse_every",
                   "learning_rate", "layers", "layer_weights", "loss", "init", "lf_factor", "lf_filter",
                   "sdedit_strength", "activations")
+MAX_INVERSION_STEPS = 999    # DDIM's bound (1000 training timesteps); the flow family's grid takes as many
 MESSAGE_LIMIT = 300          # characters of a value quoted in an error message
 
 
@@ -97,7 +99,8 @@ class TransferConfig:
     reuse_every: int = 3                          # optimise every k-th guided step only (the first always); the
                                                   # others apply the last optimised change (sampling.py); 1: off
     learning_rate: tuple[float, float] = (0.007, 0.004)  # linear over the guided steps, first to last
-    layers: tuple[str, ...] = DEFAULT_LAYERS      # module names in the UNet (named_modules)
+    layers: tuple[str, ...] | None = None         # module names in the denoiser (named_modules); None: the model
+                                                  # family's default (UNet3D: DEFAULT_LAYERS, the reference's)
     layer_weights: tuple[float, ...] | None = None  # one per layer; None: all 1
     loss: str = "pairwise_cosine"                 # pairwise_cosine (reference) | pairwise_l2 (paper) | smm | features
     # initialisation (paper Eq. 4)
@@ -187,7 +190,8 @@ def validate(c: TransferConfig) -> None:
     need(c.steps >= 1, f"--steps must be at least 1, got {c.steps}")
     need(c.inversion_steps is None or c.inversion_steps >= c.steps,
          f"--inversion-steps ({c.inversion_steps}) must be at least --steps ({c.steps})")
-    need(c.inversion_steps is None or c.inversion_steps <= 999, "--inversion-steps must be at most 999")
+    need(c.inversion_steps is None or c.inversion_steps <= MAX_INVERSION_STEPS,
+         f"--inversion-steps must be at most {MAX_INVERSION_STEPS}")
     need(len(c.guidance_window) == 2, f"guidance window must be two fractions (start, end), got {c.guidance_window}")
     lo, hi = c.guidance_window
     need(0.0 <= lo <= hi <= 1.0, f"guidance window must satisfy 0 <= start <= end <= 1, got {c.guidance_window}")
@@ -196,10 +200,10 @@ def validate(c: TransferConfig) -> None:
     need(c.reuse_every >= 1, f"--reuse-every must be 1 (off) or more, got {c.reuse_every}")
     need(len(c.learning_rate) == 2 and all(lr > 0 for lr in c.learning_rate),
          f"learning_rate must be two positive numbers (first, last), got {c.learning_rate}")
-    need(len(c.layers) >= 1, "at least one layer is needed for guidance")
-    need(c.layer_weights is None or len(c.layer_weights) == len(c.layers),
+    need(c.layers is None or len(c.layers) >= 1, "at least one layer is needed for guidance")
+    need(c.layer_weights is None or c.layers is None or len(c.layer_weights) == len(c.layers),
          f"layer_weights has {0 if c.layer_weights is None else len(c.layer_weights)} entries for "
-         f"{len(c.layers)} layers")
+         f"{len(c.layers or ())} layers")
     need(c.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {c.loss!r}")
     need(c.init in INITS, f"--init must be one of {', '.join(INITS)}, got {c.init!r}")
     need(c.lf_factor >= 1, f"lf_factor must be at least 1, got {c.lf_factor}")
@@ -222,7 +226,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (`DEFAULTS_PRESETS`): `--preset previous` runs what a plain run ran before.
     "previous": {"steps": 50, "inversion_steps": None, "restart": False, "guidance_window": (0.0, 0.4),
                  "iterations": 10, "early_stop": 0.0, "reuse_every": 1, "learning_rate": (0.007, 0.004),
-                 "layers": DEFAULT_LAYERS, "layer_weights": None, "loss": "pairwise_cosine", "init": "lf",
+                 "layers": None, "layer_weights": None, "loss": "pairwise_cosine", "init": "lf",
                  "lf_factor": 4, "lf_filter": "lowpass", "vae_encode": "mean", "negative_prompt": None,
                  "guidance_scale": 10.0},
     # The public reference recipe: 999-step inversion of a VAE posterior sample, restart after every step, its

@@ -15,7 +15,8 @@ Two up-samplings (`LF_FILTERS`):
                A quirk, not a better filter; `--preset reference` uses it to reproduce that code exactly.
 
 SDEdit (Meng et al. 2022), the comparison's baseline, starts instead from the source's clean latent x_0 noised
-to the first sampling timestep at or below strength x T, and samples from there (`sdedit_latent`).
+to the first sampling step at or below `strength` of the full noise (DDIM: strength x T; flow: sigma), and
+samples from there (`sdedit_latent`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import LF_FILTERS
+from .schedules import Schedule
 
 
 def upsample(frames: torch.Tensor, size: tuple[int, int], lf_filter: str = "lowpass") -> torch.Tensor:
@@ -68,14 +70,11 @@ def initial_latent(kind: str, x_T: torch.Tensor | None, shape: tuple[int, ...], 
     raise ValueError(f"unknown init {kind!r}")
 
 
-def sdedit_latent(x0: torch.Tensor, scheduler_config: dict, timesteps: list[int], strength: float,
+def sdedit_latent(x0: torch.Tensor, schedule: Schedule, strength: float,
                   generator: torch.Generator) -> tuple[torch.Tensor, int]:
-    """SDEdit's start: x0 (B, C, F, h, w) noised to the first of `timesteps` (noisiest first) at or below
-    `strength` x T, with noise drawn from `generator` on the CPU; returns it and that timestep's index."""
-    from diffusers import DDIMScheduler
-
-    limit = strength * scheduler_config.get("num_train_timesteps", 1000)
-    first = next((i for i, t in enumerate(timesteps) if t <= limit), len(timesteps) - 1)
+    """SDEdit's start: x0 (B, C, F, h, w) noised to the first sampling step of `schedule` at or below `strength`
+    of the full noise (`Schedule.sdedit_start`), with noise drawn from `generator` on the CPU; returns it and
+    that step's index."""
+    first = schedule.sdedit_start(strength)
     noise = torch.randn(x0.shape, generator=generator)
-    scheduler = DDIMScheduler.from_config(scheduler_config)
-    return scheduler.add_noise(x0, noise, torch.tensor([timesteps[first]])), first
+    return schedule.add_noise(x0, noise, first), first

@@ -1,9 +1,10 @@
-"""DDIM inversion (paper Sec. 3; Song et al. 2021), deterministic, without classifier-free guidance.
+"""Inversion of the source (paper Sec. 3), deterministic, without classifier-free guidance.
 
-`ddim_invert` runs diffusers' `DDIMInverseScheduler` from the clean latent x_0 up to the noisiest sampling
-timestep and keeps x_t only at the timesteps that guided sampling will visit. The default number of inversion
-steps equals the sampling steps, so each kept latent is exactly one inversion step apart from the next; the
-reference ran 999 steps and kept all of them.
+`invert_latent` runs the schedule's inversion (`schedules.py`: DDIM inversion, Song et al. 2021, for the UNet3D
+family; the flow ODE backwards, Euler or midpoint, for flow models) from the clean latent x_0 up to the noisiest
+sampling step and keeps the latents only at the sampling steps that guided sampling will visit, keyed by step
+index. The default number of inversion steps equals the sampling steps, so each kept latent is exactly one
+inversion step apart from the next; the reference ran 999 DDIM steps and kept all of them.
 
 `InversionCache` stores the kept latents on disk (safetensors, written atomically), keyed by a hash of the
 preprocessed frames, the model identity and the inversion settings, so a second prompt on the same video skips
@@ -22,73 +23,47 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from diffusers import DDIMInverseScheduler, DDIMScheduler
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .errors import ConfigError
+from .schedules import Schedule
 from .video import atomic_path, is_temporary
 
 logger = logging.getLogger(__name__)
 
-PredictFn = Callable[[torch.Tensor, int], torch.Tensor]   # (x_t (B, C, F, h, w), t) -> model output
+PredictFn = Callable[[torch.Tensor, float], torch.Tensor]   # (x_t (B, C, F, h, w), model time) -> model output
 
 
-def sampling_timesteps(scheduler_config: dict, steps: int) -> list[int]:
-    """The DDIM sampling timesteps, noisiest first (ZeroScope, 50 steps: 981, 961, ..., 1)."""
-    scheduler = DDIMScheduler.from_config(scheduler_config)
-    scheduler.set_timesteps(steps)
-    return [int(t) for t in scheduler.timesteps]
-
-
-def inversion_schedule(scheduler_config: dict, steps: int, keep: list[int]) -> list[int]:
-    """The timesteps an inversion of `steps` steps visits, ascending, up to the largest kept one.
-
-    Raises ConfigError when a kept timestep is not on the inversion schedule (e.g. 50 sampling steps with 75
-    inversion steps).
-    """
-    inverse = DDIMInverseScheduler.from_config(scheduler_config)
-    inverse.set_timesteps(steps)
-    schedule = [int(t) for t in inverse.timesteps]
-    missing = sorted(set(keep) - set(schedule))
-    if missing:
-        raise ConfigError(f"{steps} inversion steps do not reach timesteps {missing[:5]}; use a multiple of the "
-                          f"sampling steps for --inversion-steps")
-    return schedule[:schedule.index(max(keep)) + 1]
-
-
-def ddim_invert(predict: PredictFn, x0: torch.Tensor, scheduler_config: dict, steps: int, keep: list[int], *,
-                progress: bool = True, callback: Callable[[int, int], None] | None = None) -> dict[int, torch.Tensor]:
-    """Inverts x0 (B, C, F, h, w) with `steps` DDIM steps; returns {t: x_t} for every t in `keep`.
-
-    The pass stops at the largest kept timestep (`inversion_schedule`).
-    """
-    inverse = DDIMInverseScheduler.from_config(scheduler_config)
-    schedule = inversion_schedule(scheduler_config, steps, keep)
-    inverse.set_timesteps(steps)
+def invert_latent(predict: PredictFn, x0: torch.Tensor, schedule: Schedule, steps: int, keep: list[int], *,
+                  solver: str | None = None, progress: bool = True,
+                  callback: Callable[[int, float], None] | None = None) -> dict[int, torch.Tensor]:
+    """Inverts x0 (B, C, F, h, w) with `steps` inversion steps of `schedule`'s family (`Schedule.inversion`);
+    returns {i: x_i} for every sampling step index i in `keep`. The pass stops at the noisiest kept step."""
+    plan = schedule.inversion(steps, keep) if solver is None else schedule.inversion(steps, keep, solver)
     kept: dict[int, torch.Tensor] = {}
     x = x0
     with torch.no_grad():
-        for i, t in enumerate(tqdm(schedule, desc="inversion", disable=not progress, dynamic_ncols=True)):
-            x = inverse.step(predict(x, t), t, x).prev_sample
-            if t in keep:
-                kept[t] = x.clone(memory_format=torch.contiguous_format)
+        for j, t in enumerate(tqdm(plan.times, desc="inversion", disable=not progress, dynamic_ncols=True)):
+            x = plan.step(predict, x, j)
+            if j in plan.keep:
+                kept[plan.keep[j]] = x.clone(memory_format=torch.contiguous_format)
             if callback is not None:
-                callback(i, t)
+                callback(j, t)
     return kept
 
 
 STALE_SECONDS = 3600                        # a temporary this old in the cache was left by an interrupted write
-FORMAT = "motiontransfer-inversion/1"      # written into every entry's metadata; other entries are recomputed
+FORMAT = "motiontransfer-inversion/2"      # in every entry's metadata (2: keyed by step index); others are recomputed
 
 
 def latents_checksum(latents: dict[int, torch.Tensor]) -> str:
-    """Hex sha256 over the timesteps, shapes, dtypes and bytes of the kept latents."""
+    """Hex sha256 over the step indices, shapes, dtypes and bytes of the kept latents."""
     digest = hashlib.sha256()
-    for t in sorted(latents):
-        v = latents[t].detach().cpu().contiguous()
-        digest.update(repr((t, tuple(v.shape), str(v.dtype))).encode())
+    for i in sorted(latents):
+        v = latents[i].detach().cpu().contiguous()
+        digest.update(repr((i, tuple(v.shape), str(v.dtype))).encode())
         digest.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
@@ -104,7 +79,7 @@ class CacheEntry:
 class InversionCache:
     """Kept inverted latents on disk: `<dir>/<key>.safetensors`, written atomically.
 
-    Each entry carries in its metadata what it holds (format, key, timesteps, shape, dtype, a checksum);
+    Each entry carries in its metadata what it holds (format, key, step indices, shape, dtype, a checksum);
     `load` returns it only when all of that matches what the caller expects, and warns and returns None
     otherwise, so a damaged or foreign entry is recomputed, never used.
     """
@@ -120,10 +95,10 @@ class InversionCache:
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.safetensors"
 
-    def load(self, key: str, *, timesteps: list[int], shape: tuple[int, ...],
+    def load(self, key: str, *, steps: list[int], shape: tuple[int, ...],
              dtype: torch.dtype) -> dict[int, torch.Tensor] | None:
-        """The entry's latents {t: (shape) dtype} for at least `timesteps`; None (with a warning when an entry is
-        there) when it is missing or holds anything else."""
+        """The entry's latents {step index: (shape) dtype} for at least `steps`; None (with a warning when an entry
+        is there) when it is missing or holds anything else."""
         path = self.path(key)
         if not path.exists():
             return None
@@ -134,30 +109,30 @@ class InversionCache:
         except Exception as e:              # a damaged entry is recomputed, not fatal
             logger.warning("ignoring unreadable cache entry %s (%s); recomputing", path, str(e)[:200])
             return None
-        problem = self._problem(meta, latents, key, timesteps, tuple(shape), dtype)
+        problem = self._problem(meta, latents, key, steps, tuple(shape), dtype)
         if problem:
             logger.warning("ignoring cache entry %s: %s; recomputing", path, problem)
             return None
         return latents
 
     @staticmethod
-    def _problem(meta: dict, latents: dict[int, torch.Tensor], key: str, timesteps: list[int],
+    def _problem(meta: dict, latents: dict[int, torch.Tensor], key: str, steps: list[int],
                  shape: tuple[int, ...], dtype: torch.dtype) -> str | None:
         if meta.get("format") != FORMAT:
             return f"not a {FORMAT} entry"
         if meta.get("key") != key:
             return "it was written for another input"
-        if meta.get("timesteps") != json.dumps(sorted(latents)) or meta.get("shape") != json.dumps(list(shape)) \
+        if meta.get("steps") != json.dumps(sorted(latents)) or meta.get("shape") != json.dumps(list(shape)) \
                 or meta.get("dtype") != str(dtype):
             return "its metadata does not match what it should hold"
-        missing = sorted(set(timesteps) - set(latents))
+        missing = sorted(set(steps) - set(latents))
         if missing:
-            return f"it lacks timesteps {missing[:5]}"
-        for t, v in latents.items():
+            return f"it lacks steps {missing[:5]}"
+        for i, v in latents.items():
             if tuple(v.shape) != shape or v.dtype != dtype:
-                return f"x_{t} is {tuple(v.shape)} {v.dtype}, not {shape} {dtype}"
+                return f"the latent of step {i} is {tuple(v.shape)} {v.dtype}, not {shape} {dtype}"
             if not torch.isfinite(v).all():
-                return f"x_{t} holds NaN or infinite values"
+                return f"the latent of step {i} holds NaN or infinite values"
         if meta.get("sha256") != latents_checksum(latents):
             return "its checksum does not match its content"
         return None
@@ -167,12 +142,12 @@ class InversionCache:
         the cache catch it (`pipeline.invert_latents`)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
-        tensors = {str(t): v.detach().cpu().contiguous() for t, v in latents.items()}
+        tensors = {str(i): v.detach().cpu().contiguous() for i, v in latents.items()}
         shapes = {tuple(v.shape) for v in tensors.values()}
         dtypes = {str(v.dtype) for v in tensors.values()}
         if len(shapes) != 1 or len(dtypes) != 1:
             raise ValueError(f"cache entries hold latents of one shape and dtype, got {shapes} {dtypes}")
-        meta = {"format": FORMAT, "key": key, "timesteps": json.dumps(sorted(latents)),
+        meta = {"format": FORMAT, "key": key, "steps": json.dumps(sorted(latents)),
                 "shape": json.dumps(list(shapes.pop())), "dtype": dtypes.pop(),
                 "sha256": latents_checksum(latents)}
         now = time.time()

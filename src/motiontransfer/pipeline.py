@@ -29,15 +29,16 @@ import torch
 
 from . import __version__
 from .activations import activation_options
-from .config import (INVERT_IGNORES, METHOD_OPTIONS, REFERENCE_NEGATIVE_PROMPT, InputLimits, TransferConfig,
-                     explicit_keys, resolve, short)
+from .backbones import Backbone
+from .config import INVERT_IGNORES, METHOD_OPTIONS, InputLimits, TransferConfig, explicit_keys, resolve, short
 from .errors import ConfigError, OutputError, VideoError
 from .features import FeatureHooks
 from .initialization import initial_latent, sdedit_latent
-from .inversion import InversionCache, ddim_invert, inversion_schedule, sampling_timesteps
+from .inversion import InversionCache, invert_latent
 from .losses import motion_loss, reduce_source
-from .models import TextToVideo, load_model
-from .sampling import SampleHistory, guidance_timesteps, guided_sample
+from .models import load_model
+from .sampling import SampleHistory, guided_sample, guided_steps
+from .schedules import Schedule
 from .video import (Video, atomic_path, atomic_write_text, crop_region, describe_fit, folder_lock, frames_digest,
                     is_temporary, read_video, remove_stale_temporaries, resize_frames, side_by_side, unsupported_type,
                     write_frames, write_video)
@@ -96,9 +97,9 @@ class ModelCache:
 
     def __init__(self):
         self._key: tuple | None = None
-        self._model: TextToVideo | None = None
+        self._model: Backbone | None = None
 
-    def get(self, config: TransferConfig) -> TextToVideo:
+    def get(self, config: TransferConfig) -> Backbone:
         key = (config.model, config.device, config.dtype, config.allow_unsafe_weights)
         if key != self._key:
             self.clear()
@@ -118,14 +119,20 @@ class ModelCache:
 MODELS = ModelCache()        # the process's; every public function of this module loads through it
 
 
-def get_model(config: TransferConfig) -> TextToVideo:
+def get_model(config: TransferConfig) -> Backbone:
     """The model `config` names, from the process's cache (`MODELS`), with `config`'s runtime options set."""
     return MODELS.get(config)
 
 
-def fill_from_model(config: TransferConfig, model: TextToVideo, explicit: set[str] = frozenset()) -> TransferConfig:
+def fill_from_model(config: TransferConfig, model: Backbone, explicit: set[str] = frozenset(),
+                    preset: str | None = None) -> TransferConfig:
     """Replaces the `None` fields with what the model recommends, and applies the model's recommended method
-    options (`motiontransfer.json`'s `method_defaults`) to every option not in `explicit`."""
+    options (its family's, then `motiontransfer.json`'s `method_defaults`) to every option not in `explicit`.
+    The size must then fit the model's family (`Backbone.check_size`)."""
+    if preset == "reference" and model.family != "unet3d":
+        raise ConfigError(f"--preset reference is the DMT reference recipe on ZeroScope's UNet3D (its layers, DDIM "
+                          f"inversion to 999, restart); {model.path.name} is a {model.family} model: leave the "
+                          f"preset out (the default recipe runs on every family)")
     d = model.defaults
     recommended = {k: v for k, v in (d.method or {}).items() if k not in explicit}
     unknown = set(recommended) - set(config.to_dict())
@@ -142,33 +149,53 @@ def fill_from_model(config: TransferConfig, model: TextToVideo, explicit: set[st
         config = config.replace(**{k: tuple(v) if isinstance(v, list) else v for k, v in recommended.items()})
     negative = config.negative_prompt
     if negative is None:
-        negative = d.negative_prompt if d.negative_prompt is not None else REFERENCE_NEGATIVE_PROMPT
-    return config.replace(frames=config.frames or d.frames, width=config.width or d.width,
-                          height=config.height or d.height, negative_prompt=negative,
-                          inversion_steps=config.inversion_steps or config.steps,
-                          seed=config.seed if config.seed is not None else secrets.randbits(31))
+        negative = d.negative_prompt if d.negative_prompt is not None else model.default_negative_prompt
+    config = config.replace(frames=config.frames or d.frames, width=config.width or d.width,
+                            height=config.height or d.height, negative_prompt=negative,
+                            inversion_steps=config.inversion_steps or config.steps,
+                            layers=config.layers or model.default_layers,
+                            seed=config.seed if config.seed is not None else secrets.randbits(31))
+    model.check_size(config.frames, config.height, config.width)
+    return config
 
 
 def load_source(video: str | Path | Video | np.ndarray, config: TransferConfig, fps: float,
-                limits: InputLimits | None = None) -> Video:
+                limits: InputLimits | None = None, *, shorter: Callable[[int], int] | None = None) -> Video:
     """Reads (only the frames needed, within `limits`) and resizes the source; arrays (F, H, W, 3) uint8 are
-    taken as they are, at `fps`."""
+    taken as they are, at `fps`. With `shorter` (the model's `valid_frames`, when --frames was not given), a clip
+    with fewer frames than `config.frames` gives the longest count the model takes (said in the fit line)."""
     if isinstance(video, np.ndarray):
         video = Video(frames=video, fps=fps, source="<array>")
     elif not isinstance(video, Video):
-        video = read_video(video, frames=config.frames, stride=config.stride, start=config.start, limits=limits)
+        video = read_video(video, frames=config.frames, stride=config.stride, start=config.start, limits=limits,
+                           allow_fewer=shorter is not None)
     frames = video.frames[:config.frames]
-    if len(frames) < config.frames:
+    notes = []
+    if len(frames) < config.frames and shorter is not None and shorter(len(frames)) >= 2:
+        notes.append(f"the clip has {len(frames)} frames, fewer than the model's {config.frames}: using "
+                     f"{shorter(len(frames))}")
+        frames = frames[:shorter(len(frames))]
+    if len(frames) < config.frames and not notes:
         raise ConfigError(f"the video has {len(frames)} frames; {config.frames} are needed")
     height_in, width_in = frames.shape[1:3]
     if config.region is not None:
         frames = crop_region(frames, config.region)
-    fit = ""
     if config.region is not None or frames.shape[1:3] != (config.height, config.width):
-        fit = describe_fit(width_in, height_in, config.width, config.height, config.resize, config.region)
-        logger.info("%s", fit)
+        notes.append(describe_fit(width_in, height_in, config.width, config.height, config.resize, config.region))
         frames = resize_frames(frames, config.width, config.height, config.resize)
+    fit = "; ".join(notes)
+    if fit:
+        logger.info("%s", fit)
     return Video(frames=frames, fps=video.fps, source=video.source, fit=fit)
+
+
+def read_source(video, config: TransferConfig, model: Backbone, explicit: set[str], fps: float | None,
+                limits: InputLimits | None) -> tuple[Video, TransferConfig]:
+    """`load_source` at the model's rate, a shorter clip fitted to the model when --frames was not given; the
+    config with the frame count used."""
+    shorter = None if "frames" in explicit else model.valid_frames
+    source = load_source(video, config, fps or model.defaults.fps, limits, shorter=shorter)
+    return source, config.replace(frames=len(source.frames))
 
 
 def check_source(video, config: TransferConfig, fps: float | None) -> None:
@@ -283,7 +310,7 @@ def stream_generator(seed: int, stream: str) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:4], "little"))
 
 
-def encode_source(model: TextToVideo, frames: np.ndarray, config: TransferConfig) -> torch.Tensor:
+def encode_source(model: Backbone, frames: np.ndarray, config: TransferConfig) -> torch.Tensor:
     """x_0 of the source frames (1, C, F, h, w): the VAE posterior's mean, or with `vae_encode: sample` (the
     reference) a posterior sample drawn from the run's seed."""
     generator = stream_generator(config.seed, "vae_encode") if config.vae_encode == "sample" else None
@@ -293,8 +320,8 @@ def encode_source(model: TextToVideo, frames: np.ndarray, config: TransferConfig
 def inversion_settings(config: TransferConfig, keep: list[int], dtype: torch.dtype) -> dict:
     """What the inverted latents depend on besides the frames and the model: the inversion cache's key. A
     posterior sample depends on the seed; the mean's key is the same as before `vae_encode` existed."""
-    settings = {"inversion_steps": config.inversion_steps, "source_prompt": config.source_prompt,
-                "keep": sorted(keep), "dtype": str(dtype)}
+    settings = {"steps": config.steps, "inversion_steps": config.inversion_steps,
+                "source_prompt": config.source_prompt, "keep": sorted(keep), "dtype": str(dtype)}
     if config.vae_encode != "mean":
         settings |= {"vae_encode": config.vae_encode, "seed": config.seed}
     return settings
@@ -302,20 +329,20 @@ def inversion_settings(config: TransferConfig, keep: list[int], dtype: torch.dty
 
 @dataclass
 class Inverted:
-    latents: dict[int, torch.Tensor]          # {t: x_t (1, C, F, h, w)} on the model's device
+    latents: dict[int, torch.Tensor]          # {step index: its latent (1, C, F', h, w)} on the model's device
     cached: bool                              # read from the cache
     key: str
     saved: bool = False                       # written to the cache by this call
 
 
-def invert_latents(model: TextToVideo, frames: np.ndarray, config: TransferConfig, keep: list[int], *,
+def invert_latents(model: Backbone, frames: np.ndarray, config: TransferConfig, keep: list[int], *,
                    progress: bool, timer: Timer, counts: dict, on_progress: ProgressFn | None = None) -> Inverted:
+    """The inverted latents at the sampling step indices `keep`, from the cache or computed (and cached)."""
     cache = InversionCache(config.cache_dir)
     key = cache.key(frames_digest(frames), model.identity, inversion_settings(config, keep, model.dtype))
-    shape = (1, model.unet.config.in_channels, len(frames), frames.shape[1] // model.vae_scale,
-             frames.shape[2] // model.vae_scale)
+    shape = model.latent_shape(*frames.shape[:3])
     if config.use_cache:
-        hit = cache.load(key, timesteps=keep, shape=shape, dtype=model.dtype)
+        hit = cache.load(key, steps=keep, shape=shape, dtype=model.dtype)
         if hit is not None:
             logger.info("reusing the cached inversion %s", cache.path(key))
             return Inverted({t: v.to(model.device) for t, v in hit.items()}, cached=True, key=key)
@@ -328,14 +355,15 @@ def invert_latents(model: TextToVideo, frames: np.ndarray, config: TransferConfi
         return model.predict(x, t, cond)
 
     with timer("inversion"):
+        schedule = model.schedule(config.steps)
         step = None
         if on_progress is not None:
-            total = len(inversion_schedule(model.scheduler_config, config.inversion_steps, keep))
+            total = len(schedule.inversion(config.inversion_steps, keep).times)
 
             def step(i, t):
                 on_progress(ProgressEvent("inversion", i + 1, total))
-        latents = ddim_invert(predict, x0, model.scheduler_config, config.inversion_steps, keep, progress=progress,
-                              callback=step)
+        latents = invert_latent(predict, x0, schedule, config.inversion_steps, keep, progress=progress,
+                                callback=step)
     latents = {t: v.to(model.dtype) for t, v in latents.items()}
     saved = False
     if config.use_cache:
@@ -372,44 +400,46 @@ def needs_inversion(config: TransferConfig) -> bool:
 
 
 class SourceFeatures:
-    """The source side of the guidance loss: per guided timestep t, the reduced features of the inverted latent
-    x_t under the source prompt (one truncated pass each, counted in `counts`), computed once and shared by every
-    target prompt."""
+    """The source side of the guidance loss: per guided step i, the reduced features of the inverted latent of
+    that step under the source prompt (one truncated pass each, counted in `counts`), computed once and shared by
+    every target prompt."""
 
-    def __init__(self, model: TextToVideo, hooks: FeatureHooks, config: TransferConfig, inverted: Inverted | None,
-                 cond: torch.Tensor, counts: dict):
-        self.model, self.hooks, self.config, self.inverted, self.cond, self.counts = \
-            model, hooks, config, inverted, cond, counts
-        self._by_t: dict[int, dict[str, torch.Tensor]] = {}
+    def __init__(self, model: Backbone, hooks: FeatureHooks, config: TransferConfig, schedule: Schedule,
+                 inverted: Inverted | None, cond: torch.Tensor, counts: dict):
+        self.model, self.hooks, self.config, self.schedule, self.inverted, self.cond, self.counts = \
+            model, hooks, config, schedule, inverted, cond, counts
+        self._by_step: dict[int, dict[str, torch.Tensor]] = {}
 
-    def __call__(self, t: int) -> dict[str, torch.Tensor]:
-        if t not in self._by_t:
+    def __call__(self, i: int) -> dict[str, torch.Tensor]:
+        if i not in self._by_step:
             with torch.no_grad():
                 self.counts["unet_truncated_forward"] += 1
-                feats = self.model.features(self.hooks, self.inverted.latents[t], t, self.cond)
-                self._by_t[t] = reduce_source(self.config.loss, feats)
-        return self._by_t[t]
+                feats = self.model.features(self.hooks, self.inverted.latents[i], self.schedule.timesteps[i],
+                                            self.cond)
+                self._by_step[i] = reduce_source(self.config.loss, feats)
+        return self._by_step[i]
 
 
 class TargetCalls:
-    """The model as guided sampling calls it for one target prompt: `predict` (a CFG pass), `guidance(t)` (the
-    motion loss of a latent at t, Eq. 3, on a truncated pass) and `measure` (a CFG pass that also gives the loss
-    after the step, from the same pass). Every pass is counted in `counts`; a CFG pass counts its batch."""
+    """The model as guided sampling calls it for one target prompt: `predict` (a CFG pass), `guidance(i)` (the
+    motion loss of a latent at step i, Eq. 3, on a truncated pass) and `measure` (a CFG pass that also gives the
+    loss after the step, from the same pass). Every pass is counted in `counts`; a CFG pass counts its batch."""
 
-    def __init__(self, model: TextToVideo, hooks: FeatureHooks, config: TransferConfig, source: SourceFeatures,
+    def __init__(self, model: Backbone, hooks: FeatureHooks, config: TransferConfig, source: SourceFeatures,
                  cond: torch.Tensor, uncond: torch.Tensor, counts: dict):
         self.model, self.hooks, self.config, self.source = model, hooks, config, source
+        self.timesteps = source.schedule.timesteps
         self.cond, self.uncond, self.counts = cond, uncond, counts
         self.weights = dict(zip(config.layers, config.layer_weights)) if config.layer_weights else None
         self.cfg_batch = 2 if config.guidance_scale != 1.0 else 1
-        self.last_loss, self.last_loss_t = None, None      # the loss `measure` read last, and its timestep
+        self.last_loss, self.last_loss_step = None, None      # the loss `measure` read last, and its step
 
-    def predict(self, x: torch.Tensor, t: int) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, t: float) -> torch.Tensor:
         self.counts["unet_forward"] += self.cfg_batch
         return self.model.predict(x, t, self.cond, self.uncond, self.config.guidance_scale)
 
-    def guidance(self, t: int):
-        src = self.source(t)
+    def guidance(self, i: int):
+        src, t = self.source(i), self.timesteps[i]
 
         def loss(x: torch.Tensor) -> torch.Tensor:
             self.counts["unet_truncated_forward"] += 1
@@ -417,27 +447,28 @@ class TargetCalls:
             return motion_loss(self.config.loss, src, feats, self.weights)
         return loss
 
-    def measure(self, x: torch.Tensor, t: int) -> tuple[torch.Tensor, float]:
+    def measure(self, x: torch.Tensor, i: int) -> tuple[torch.Tensor, float]:
         self.counts["unet_forward"] += self.cfg_batch
-        out, feats = self.model.predict_observed(self.hooks, x, t, self.cond, self.uncond, self.config.guidance_scale)
-        self.last_loss, self.last_loss_t = float(motion_loss(self.config.loss, self.source(t), feats, self.weights)), t
+        out, feats = self.model.predict_observed(self.hooks, x, self.timesteps[i], self.cond, self.uncond,
+                                                 self.config.guidance_scale)
+        self.last_loss = float(motion_loss(self.config.loss, self.source(i), feats, self.weights))
+        self.last_loss_step = i
         return out, self.last_loss
 
 
-def start_latent(model: TextToVideo, source: Video, config: TransferConfig, inverted: Inverted | None,
-                 timesteps: list[int], generator: torch.Generator) -> tuple[torch.Tensor, int]:
+def start_latent(model: Backbone, source: Video, config: TransferConfig, inverted: Inverted | None,
+                 schedule: Schedule, generator: torch.Generator) -> tuple[torch.Tensor, int]:
     """The initial latent (initialization.py) and the index of the sampling step it starts at (0 except for
     SDEdit)."""
     if config.init == "sdedit":
         x0 = encode_source(model, source.frames, config).float().cpu()
-        return sdedit_latent(x0, model.scheduler_config, timesteps, config.sdedit_strength, generator)
-    shape = (1, model.unet.config.in_channels, config.frames, config.height // model.vae_scale,
-             config.width // model.vae_scale)
-    x_T = None if inverted is None else inverted.latents[timesteps[0]].cpu()
+        return sdedit_latent(x0, schedule, config.sdedit_strength, generator)
+    shape = model.latent_shape(config.frames, config.height, config.width)
+    x_T = None if inverted is None else inverted.latents[0].cpu()
     return initial_latent(config.init, x_T, shape, generator, config.lf_factor, config.lf_filter), 0
 
 
-def generate(model: TextToVideo, source: Video | None, prompts: list[str], config: TransferConfig, *,
+def generate(model: Backbone, source: Video | None, prompts: list[str], config: TransferConfig, *,
              progress: bool = True, timer: Timer | None = None,
              on_progress: ProgressFn | None = None) -> list[TransferResult]:
     """The method on preprocessed frames, for one or more target prompts sharing inversion and source features.
@@ -451,29 +482,31 @@ def generate(model: TextToVideo, source: Video | None, prompts: list[str], confi
         blank = np.zeros((config.frames, config.height, config.width, 3), np.uint8)
         source = Video(frames=blank, fps=model.defaults.fps, source="<none>")
     shared_timer, shared_counts = timer or Timer(), new_counts()
-    timesteps = sampling_timesteps(model.scheduler_config, config.steps)
-    guided = guidance_timesteps(timesteps, config.guidance_window) if config.iterations > 0 else []
+    schedule = model.schedule(config.steps)
+    guided = guided_steps(config.steps, config.guidance_window) if config.iterations > 0 else []
     results = []
     # hooks first: a wrong layer name fails before the inversion is paid for
-    with FeatureHooks(model.unet, config.layers, stop_early=True) as hooks:
+    with FeatureHooks(model.denoiser, config.layers, stop_early=True) as hooks:
         inverted = None
         if needs_inversion(config):
-            inverted = invert_latents(model, source.frames, config, sorted(set(guided) | {timesteps[0]}),
+            inverted = invert_latents(model, source.frames, config, sorted(set(guided) | {0}),
                                       progress=progress, timer=shared_timer, counts=shared_counts,
                                       on_progress=on_progress)
         with shared_timer("text"):
             source_cond = model.encode_prompts([config.source_prompt])
             uncond = model.encode_prompts([config.negative_prompt])
-        source_features = SourceFeatures(model, hooks, config, inverted, source_cond, shared_counts)
+        source_features = SourceFeatures(model, hooks, config, schedule, inverted, source_cond, shared_counts)
         for prompt in prompts:
             timer, counts = (shared_timer, shared_counts) if not results else (Timer(), new_counts())
             calls = TargetCalls(model, hooks, config, source_features, model.encode_prompts([prompt]), uncond, counts)
             generator = torch.Generator().manual_seed(config.seed)
-            x_T, first = start_latent(model, source, config, inverted, timesteps, generator)
-            step = _sampling_progress(on_progress, calls, len(timesteps) - first, len(results), len(prompts))
-            with timer("sampling"), activation_options(model.unet, activation_mode(config, model)):
-                x0, history = guided_sample(calls.predict, x_T.to(model.device), model.scheduler_config,
-                                            config.steps, guidance=calls.guidance, guided=guided,
+            x_T, first = start_latent(model, source, config, inverted, schedule, generator)
+            step = _sampling_progress(on_progress, calls, config.steps - first, len(results), len(prompts))
+            mode = activation_mode(config, model)
+            units = model.checkpoint_units() if mode == "checkpoint" else None
+            with timer("sampling"), activation_options(model.denoiser, mode, names=units):
+                x0, history = guided_sample(calls.predict, x_T.to(model.device), schedule,
+                                            guidance=calls.guidance, guided=guided,
                                             iterations=config.iterations, learning_rate=config.learning_rate,
                                             restart=config.restart, generator=generator, progress=progress,
                                             first_step=first, measure=calls.measure,
@@ -495,12 +528,12 @@ def _sampling_progress(on_progress: ProgressFn | None, calls: TargetCalls, total
         return None
 
     def step(i, t, x):
-        loss = calls.last_loss if calls.last_loss_t == t else None
+        loss = calls.last_loss if calls.last_loss_step == i else None
         on_progress(ProgressEvent("sampling", i + 1, total, index, count, loss))
     return step
 
 
-def activation_mode(config: TransferConfig, model: TextToVideo) -> str:
+def activation_mode(config: TransferConfig, model: Backbone) -> str:
     """auto: activation checkpointing on CUDA (the memory table in the README), nothing elsewhere."""
     if config.activations != "auto":
         return config.activations
@@ -512,14 +545,14 @@ def new_counts() -> dict[str, int]:
     return {"unet_forward": 0, "unet_truncated_forward": 0, "unet_backward": 0}
 
 
-def run_record(result: TransferResult, model: TextToVideo, video_source: str, fit: str = "") -> dict:
+def run_record(result: TransferResult, model: Backbone, video_source: str, fit: str = "") -> dict:
     return {
         "prompt": result.prompt, "source": video_source, "fit": fit, "seed": result.seed, "fps": result.fps,
         "config": result.config.to_dict(), "model": {"path": str(model.path), "identity": model.identity},
         "device": str(model.device), "dtype": str(model.dtype), "versions": versions(),
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()}, "counts": result.counts,
         "inversion_cached": result.inversion_cached,
-        "guidance": [{"t": s.t, "lr": s.lr, "loss_before": s.losses[0] if s.losses else None,
+        "guidance": [{"step": s.index, "t": s.t, "lr": s.lr, "loss_before": s.losses[0] if s.losses else None,
                       "loss_after": s.loss_after, "losses": s.losses, "iterations": s.iterations,
                       "reused": s.reused}
                      for s in result.history.guided],
@@ -594,9 +627,9 @@ def transfer_many(video: str | Path | np.ndarray, prompts: list[str], *, output_
     with result_folders(directories, overwrite):
         with timer("load"):
             model = get_model(cfg)
-        cfg = fill_from_model(cfg, model, explicit)
+        cfg = fill_from_model(cfg, model, explicit, preset)
         with timer("read"):
-            source = load_source(video, cfg, fps or model.defaults.fps, limits)
+            source, cfg = read_source(video, cfg, model, explicit, fps, limits)
         results = generate(model, source, prompts, cfg, progress=not quiet, timer=timer, on_progress=on_progress)
         for i, result in enumerate(results):
             result.record = run_record(result, model, source.source, source.fit)
@@ -625,7 +658,7 @@ class InversionResult:
 
     cache: Path                               # the cache file (safetensors)
     cached: bool                              # it was there already: nothing was computed
-    timesteps: list[int]                      # the timesteps kept, ascending
+    steps: list[int]                          # the sampling step indices kept, ascending
     timings: dict[str, float]                 # seconds per phase
     unet_forward: int                         # UNet passes made (0 on a cache hit)
 
@@ -652,10 +685,9 @@ def invert(video: str | Path | np.ndarray, *, quiet: bool = False, preset: str |
                           "nothing here: leave it out")
     check_source(video, cfg, fps)
     model = get_model(cfg)
-    cfg = fill_from_model(cfg, model, explicit)
-    source = load_source(video, cfg, fps or model.defaults.fps, limits)
-    timesteps = sampling_timesteps(model.scheduler_config, cfg.steps)
-    keep = sorted(set(guidance_timesteps(timesteps, cfg.guidance_window)) | {timesteps[0]})
+    cfg = fill_from_model(cfg, model, explicit, preset)
+    source, cfg = read_source(video, cfg, model, explicit, fps, limits)
+    keep = sorted(set(guided_steps(cfg.steps, cfg.guidance_window)) | {0})
     timer = Timer()
     counts = new_counts()
     inverted = invert_latents(model, source.frames, cfg.replace(use_cache=True), keep, progress=not quiet,
@@ -664,7 +696,7 @@ def invert(video: str | Path | np.ndarray, *, quiet: bool = False, preset: str |
         raise OutputError(f"could not write the inversion cache in {InversionCache(cfg.cache_dir).directory}; "
                           f"see the warning above, or pass another --cache-dir")
     return InversionResult(cache=InversionCache(cfg.cache_dir).path(inverted.key), cached=inverted.cached,
-                           timesteps=keep, timings=timer.seconds, unet_forward=counts["unet_forward"])
+                           steps=keep, timings=timer.seconds, unet_forward=counts["unet_forward"])
 
 
 def analyze(video: str | Path | np.ndarray, *, target: str = "smm", seeds: int | list[int] = 3,
@@ -693,8 +725,8 @@ def analyze(video: str | Path | np.ndarray, *, target: str = "smm", seeds: int |
     results = []
     with result_folders(directories, overwrite):
         model = get_model(cfg)
-        cfg = fill_from_model(cfg, model, explicit)
-        source = load_source(video, cfg, fps or model.defaults.fps, limits)
+        cfg = fill_from_model(cfg, model, explicit, preset)
+        source, cfg = read_source(video, cfg, model, explicit, fps, limits)
         prompt = cfg.source_prompt
         for seed, directory in zip(seed_list, directories):
             result = generate(model, source, [prompt or ""], cfg.replace(seed=seed), progress=not quiet)[0]

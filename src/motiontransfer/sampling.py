@@ -1,10 +1,12 @@
-"""Guided DDIM sampling (paper Sec. 4, Eq. 5):
+"""Guided sampling (paper Sec. 4, Eq. 5):
 
     x*_t    = argmin over x~_t of L(SMM(f(x_t)), SMM(f(x~_t)))     a few Adam steps on the latent itself
-    x~_t-1  = Phi(x*_t, P)                                          one DDIM step with classifier-free guidance
+    x~_t-1  = Phi(x*_t, P)                                          one step of the schedule (DDIM, or Euler for a
+                                                                    flow model) with classifier-free guidance
 
-Inside the guidance window each timestep gets a fresh Adam with its own learning rate (linear from the first
-to the last guided step); outside it the steps are plain DDIM. The loop runs under `no_grad`; only the
+Inside the guidance window each step gets a fresh Adam with its own learning rate (linear from the first
+to the last guided step); outside it the steps are plain ones. Steps are named by their index in the schedule
+(0: the noisiest); the model is called with the schedule's time for that index. The loop runs under `no_grad`; only the
 optimisation opens `enable_grad`, on a detached copy of the latent. With `restart` (the reference's extra),
 each step's result is re-noised back to t with fresh noise and denoised once more.
 
@@ -26,24 +28,26 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
-PredictFn = Callable[[torch.Tensor, int], torch.Tensor]        # (x_t, t) -> model output, CFG applied
+from .schedules import Schedule
+
+PredictFn = Callable[[torch.Tensor, float], torch.Tensor]      # (x_t, model time) -> model output, CFG applied
 LossFn = Callable[[torch.Tensor], torch.Tensor]                # x_t -> scalar loss
-GuidanceFn = Callable[[int], LossFn]                           # t -> the loss at t (source side computed once)
-MeasureFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, float]]   # (x_t, t) -> (model output, loss at x_t)
+GuidanceFn = Callable[[int], LossFn]                           # step index -> the loss there (source side once)
+MeasureFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, float]]   # (x, step index) -> (output, loss at x)
 
 
 @dataclass
 class GuidedStep:
-    t: int
+    t: float                                                   # the model time of the step (DDIM: its timestep)
     lr: float
     losses: list[float] = field(default_factory=list)          # one per Adam iteration, before its update; with
                                                                # early_stop, then the loss the step stopped at
     loss_after: float | None = None                            # at the optimised latent
     iterations: int = 0                                        # Adam updates made: backward passes
     reused: bool = False                                       # the last optimised change applied (reuse_every)
+    index: int = 0                                             # the step's index in the schedule
 
 
 @dataclass
@@ -57,10 +61,9 @@ class SampleHistory:
         return sum(s.iterations for s in self.guided)
 
 
-def guidance_timesteps(timesteps: list[int], window: tuple[float, float]) -> list[int]:
-    """The timesteps in the window, given as fractions of the schedule (0.0, 0.4): the first 40% of steps."""
-    n = len(timesteps)
-    return timesteps[int(round(window[0] * n)):int(round(window[1] * n))]
+def guided_steps(steps: int, window: tuple[float, float]) -> list[int]:
+    """The step indices in the window, given as fractions of the schedule (0.0, 0.4): the first 40% of steps."""
+    return list(range(steps))[int(round(window[0] * steps)):int(round(window[1] * steps))]
 
 
 def learning_rates(n: int, first: float, last: float) -> list[float]:
@@ -105,34 +108,25 @@ def optimise_latent(x: torch.Tensor, loss_fn: LossFn, iterations: int, lr: float
     return x.detach()
 
 
-def renoise(x_prev: torch.Tensor, alpha_prev: torch.Tensor, alpha_t: torch.Tensor,
-            generator: torch.Generator) -> torch.Tensor:
-    """Forward diffusion from the lower noise level alpha_prev up to alpha_t (cumulative alphas)."""
-    ratio = (alpha_t / alpha_prev).to(x_prev.dtype)
-    noise = torch.randn(x_prev.shape, generator=generator, dtype=torch.float32).to(x_prev.device, x_prev.dtype)
-    return ratio.sqrt() * x_prev + (1 - ratio).sqrt() * noise
-
-
-def guided_sample(predict: PredictFn, x_T: torch.Tensor, scheduler_config: dict, steps: int, *,
+def guided_sample(predict: PredictFn, x_T: torch.Tensor, schedule: Schedule, *,
                   guidance: GuidanceFn | None = None, guided: list[int] = (), iterations: int = 10,
                   learning_rate: tuple[float, float] = (0.007, 0.004), restart: bool = False,
                   generator: torch.Generator | None = None, progress: bool = True, first_step: int = 0,
                   measure: MeasureFn | None = None, early_stop: float = 0.0, reuse_every: int = 1,
-                  callback: Callable[[int, int, torch.Tensor], None] | None = None
+                  callback: Callable[[int, float, torch.Tensor], None] | None = None
                   ) -> tuple[torch.Tensor, SampleHistory]:
-    """DDIM from x_T (B, C, F, h, w) at sampling timestep number `first_step` (0: the noisiest) down to x_0,
-    guided at `guided` timesteps.
+    """Samples from x_T (B, C, F, h, w) at step index `first_step` of `schedule` (0: the noisiest) down to the
+    clean latent, guided at the step indices `guided`.
 
     `measure`, when given, replaces `predict` right after each optimisation: it returns the prediction and the
-    guidance loss read off that same pass, so the loss after optimisation costs no extra UNet forward.
-    `early_stop` and `reuse_every`: the module's docstring. `guidance(t)` is called at optimised steps only.
+    guidance loss read off that same pass, so the loss after optimisation costs no extra model forward.
+    `early_stop` and `reuse_every`: the module's docstring. `guidance(i)` is called at optimised steps only.
+    `callback(i, t, x)` after every step, with the step's index, model time and result.
     """
     if reuse_every < 1:
         raise ValueError(f"reuse_every must be 1 or more, got {reuse_every}")
-    scheduler = DDIMScheduler.from_config(scheduler_config)
-    scheduler.set_timesteps(steps)
-    timesteps = [int(t) for t in scheduler.timesteps][first_step:]
-    guided = [t for t in timesteps if t in set(guided)] if guidance is not None and iterations > 0 else []
+    steps = list(range(first_step, len(schedule.timesteps)))
+    guided = [i for i in steps if i in set(guided)] if guidance is not None and iterations > 0 else []
     rates = dict(zip(guided, learning_rates(len(guided), *learning_rate)))
     optimised = set(guided[::reuse_every])
     change, change_lr = None, None       # the last optimised step's change of the latent, and its learning rate
@@ -140,34 +134,34 @@ def guided_sample(predict: PredictFn, x_T: torch.Tensor, scheduler_config: dict,
         raise ValueError("restart needs an explicit generator")
     history = SampleHistory()
     x = x_T
-    bar = tqdm(timesteps, desc="sampling", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(steps, desc="sampling", disable=not progress, dynamic_ncols=True)
     with torch.no_grad():
-        for i, t in enumerate(bar):
-            if t in optimised:
-                step = GuidedStep(t=t, lr=rates[t])
+        for i in bar:
+            t = schedule.timesteps[i]
+            if i in optimised:
+                step = GuidedStep(t=t, lr=rates[i], index=i)
                 before = x
-                x = optimise_latent(x, guidance(t), iterations, rates[t], step, measure_after=measure is None,
+                x = optimise_latent(x, guidance(i), iterations, rates[i], step, measure_after=measure is None,
                                     early_stop=early_stop)
                 if reuse_every > 1:
-                    change, change_lr = x - before, rates[t]
+                    change, change_lr = x - before, rates[i]
                 if measure is not None:
-                    out, step.loss_after = measure(x, t)
+                    out, step.loss_after = measure(x, i)
                 else:
                     out = predict(x, t)
                 history.guided.append(step)
                 bar.set_postfix(loss=f"{step.loss_after:.4f}")
-            elif t in rates:                                     # reuse_every: no optimisation at this step
-                history.guided.append(GuidedStep(t=t, lr=rates[t], reused=True))
-                x = x + change * (rates[t] / change_lr)
+            elif i in rates:                                     # reuse_every: no optimisation at this step
+                history.guided.append(GuidedStep(t=t, lr=rates[i], reused=True, index=i))
+                x = x + change * (rates[i] / change_lr)
                 out = predict(x, t)
             else:
                 out = predict(x, t)
-            x_prev = scheduler.step(out, t, x).prev_sample
+            x_prev = schedule.step(out, i, x)
             history.unet_passes += 1
-            if restart and i < len(timesteps) - 1:
-                prev_t = t - scheduler.config.num_train_timesteps // steps
-                x = renoise(x_prev, scheduler.alphas_cumprod[prev_t], scheduler.alphas_cumprod[t], generator)
-                x_prev = scheduler.step(predict(x, t), t, x).prev_sample
+            if restart and i < len(schedule.timesteps) - 1:
+                x = schedule.renoise(x_prev, i, generator)
+                x_prev = schedule.step(predict(x, t), i, x)
                 history.unet_passes += 1
                 history.restarts += 1
             x = x_prev

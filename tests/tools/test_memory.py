@@ -12,7 +12,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from motiontransfer.config import DEFAULT_LAYERS
 from motiontransfer.features import FeatureHooks
 from motiontransfer.losses import motion_loss
-from motiontransfer.activations import checkpoint_blocks, unet_checkpoint_units
+from motiontransfer.activations import checkpoint_blocks
+from motiontransfer.backbones.unet3d import unet_checkpoint_units
 from motiontransfer.tools.memory import (LiveBytes, SavedTensorCounter, cpu_allocator_peak, estimate_guided_iteration,
                                          estimate_run, fused_attention, meta_model)
 

@@ -9,7 +9,8 @@ import torch
 from diffusers import UNet3DConditionModel
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from motiontransfer.models import ModelDefaults, TextToVideo
+from motiontransfer.backbones.base import ModelDefaults
+from motiontransfer.backbones.unet3d import UNet3DBackbone
 from motiontransfer.tools.passes import count_pass_flops, pass_flops, predicted_flops, predicted_seconds_ratio
 
 from test_memory import TINY_UNET
@@ -22,7 +23,7 @@ def test_meta_count_equals_a_real_cpu_run_and_the_passes_relate():
     flops = pass_flops(TINY_UNET, FRAMES, SIZE, SIZE, torch.float32, activations="checkpoint")
     torch.manual_seed(0)
     unet = UNet3DConditionModel(**TINY_UNET).eval().requires_grad_(False)
-    cpu = TextToVideo(unet=unet, vae=None, text_encoder=None, tokenizer=None, scheduler_config={}, path=Path("cpu"),
+    cpu = UNet3DBackbone(unet=unet, vae=None, text_encoder=None, tokenizer=None, scheduler_config={}, path=Path("cpu"),
                       identity="cpu", defaults=ModelDefaults(SIZE, SIZE, FRAMES), device=torch.device("cpu"),
                       dtype=torch.float32)
     with sdpa_kernel(SDPBackend.MATH):          # the meta device's attention; CPU's fused kernel is not counted

@@ -1,6 +1,6 @@
 """GPU memory at ZeroScope scale, counted without the weights: byte counts of a run made on the meta device.
 
-The `estimate_*` functions run the package's own code (`TextToVideo.features`, `predict`, `encode_frames`,
+The `estimate_*` functions run the package's own code (`UNet3DBackbone.features`, `predict`, `encode_frames`,
 `decode_latents`, `losses.motion_loss`, `sampling.optimise_latent`, the options of `activations`) on
 components built on the meta device, which have shapes and dtypes but no data, and count bytes with:
 
@@ -30,13 +30,13 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..activations import (checkpoint_blocks, iter_tensors, offload_activations, saved_alias, storage_of,
-                           unet_checkpoint_units)
+from ..activations import checkpoint_blocks, iter_tensors, offload_activations, saved_alias, storage_of
+from ..backbones.unet3d import UNet3DBackbone, unet_checkpoint_units
 from ..config import ACTIVATION_MODES, DEFAULT_LAYERS
 from ..errors import ConfigError
 from ..features import FeatureHooks
 from ..losses import motion_loss
-from ..models import ModelDefaults, TextToVideo
+from ..backbones.base import ModelDefaults
 from ..sampling import GuidedStep, optimise_latent
 from . import zeroscope
 
@@ -252,7 +252,7 @@ def _frozen(config: dict | None) -> tuple | None:
 
 @functools.lru_cache(maxsize=4)
 def _meta_model(unet_config: tuple, vae_config: tuple | None, text_config: tuple | None,
-                dtype: torch.dtype) -> TextToVideo:
+                dtype: torch.dtype) -> UNet3DBackbone:
     from diffusers import AutoencoderKL, UNet3DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -263,14 +263,14 @@ def _meta_model(unet_config: tuple, vae_config: tuple | None, text_config: tuple
     for m in (unet, vae, text):
         if m is not None:
             m.requires_grad_(False).eval()
-    return TextToVideo(unet=unet, vae=vae, text_encoder=text, tokenizer=None, scheduler_config={}, path=Path("meta"),
+    return UNet3DBackbone(unet=unet, vae=vae, text_encoder=text, tokenizer=None, scheduler_config={}, path=Path("meta"),
                        identity="meta", defaults=ModelDefaults(zeroscope.WIDTH, zeroscope.HEIGHT, zeroscope.FRAMES),
                        device=torch.device("meta"), dtype=dtype)
 
 
 def meta_model(unet_config: dict = zeroscope.UNET_CONFIG, vae_config: dict | None = zeroscope.VAE_CONFIG,
                text_config: dict | None = zeroscope.TEXT_ENCODER_CONFIG,
-               dtype: torch.dtype = torch.float16) -> TextToVideo:
+               dtype: torch.dtype = torch.float16) -> UNet3DBackbone:
     """The adapter over components built on the meta device from their configs (no weights, no memory).
     Cached: the same object comes back for the same configs; the estimators leave it as they found it."""
     return _meta_model(_frozen(unet_config), _frozen(vae_config), _frozen(text_config), dtype)
@@ -300,13 +300,13 @@ def _attention(backend: str, *modules: nn.Module | None) -> Iterator[None]:
                 m.set_attn_processor(processors)
 
 
-def _latent_shape(model: TextToVideo, frames: int, height: int, width: int, vae_scale: int) -> tuple[int, ...]:
+def _latent_shape(model: UNet3DBackbone, frames: int, height: int, width: int, vae_scale: int) -> tuple[int, ...]:
     if height % vae_scale or width % vae_scale:
         raise ConfigError(f"height and width must be multiples of {vae_scale}, got {height}x{width}")
     return 1, model.unet.config.in_channels, frames, height // vae_scale, width // vae_scale
 
 
-def _text_states(model: TextToVideo, tokens: int) -> torch.Tensor:
+def _text_states(model: UNet3DBackbone, tokens: int) -> torch.Tensor:
     return torch.empty(1, tokens, model.unet.config.cross_attention_dim, device="meta", dtype=model.dtype)
 
 
@@ -340,7 +340,7 @@ def estimate_guided_iteration(unet_config: dict = zeroscope.UNET_CONFIG, frames:
                              text_tokens=text_tokens, vae_scale=vae_scale)
 
 
-def _guided_iteration(model: TextToVideo, frames: int, height: int, width: int, *, truncate: bool,
+def _guided_iteration(model: UNet3DBackbone, frames: int, height: int, width: int, *, truncate: bool,
                       activations: str, attention: str, units: str, layers: tuple[str, ...], loss: str,
                       timestep: int, text_tokens: int, vae_scale: int) -> dict[str, int]:
     if activations not in ACTIVATION_MODES:
@@ -396,7 +396,7 @@ def estimate_unet_pass(unet_config: dict = zeroscope.UNET_CONFIG, frames: int = 
                        attention: str = "sdpa-fused", truncate_after: tuple[str, ...] | None = None,
                        timestep: int = 981, text_tokens: int = 77,
                        vae_scale: int = zeroscope.VAE_SCALE) -> dict[str, int]:
-    """Bytes of one UNet pass without gradients, through `TextToVideo.predict`: with classifier-free guidance
+    """Bytes of one UNet pass without gradients, through `UNet3DBackbone.predict`: with classifier-free guidance
     (`cfg`, batch 2, as sampling runs it) or without (batch 1, as inversion runs it); or, with `truncate_after`
     (layer names), the truncated pass that computes the source features. Returns weights, peak, total."""
     model = meta_model(unet_config, None, None, dtype)
@@ -424,7 +424,7 @@ def estimate_vae(vae_config: dict = zeroscope.VAE_CONFIG, frames: int = zeroscop
                  height: int = zeroscope.HEIGHT, width: int = zeroscope.WIDTH,
                  dtype: torch.dtype = torch.float16, *, decode: bool = True, slicing: bool = False,
                  attention: str = "sdpa-fused") -> dict[str, int]:
-    """Bytes of `TextToVideo.decode_latents` (or `encode_frames`) of `frames` frames, sliced (one frame at a time)
+    """Bytes of `UNet3DBackbone.decode_latents` (or `encode_frames`) of `frames` frames, sliced (one frame at a time)
     or not. The frames (uint8) and latents come and go through the adapter as in a run. Returns weights, peak,
     total."""
     model = meta_model(zeroscope.UNET_CONFIG, vae_config, None, dtype)
@@ -503,7 +503,7 @@ def estimate_run(unet_config: dict = zeroscope.UNET_CONFIG, vae_config: dict = z
     Phases: text (encode a prompt), encode (the source frames, through the VAE), inversion (a UNet pass,
     batch 1), source (the truncated pass for the source features), guidance (one guided iteration), sampling (a
     CFG pass, batch 2), decode (the result). Each phase costs the weights resident during it (all components;
-    with `cpu_offload`, as `TextToVideo.cpu_offload` does it, the UNet and the running text encoder or VAE), the
+    with `cpu_offload`, as `UNet3DBackbone.cpu_offload` does it, the UNet and the running text encoder or VAE), the
     state kept across phases (`kept_latents` inverted latents and the sampling latent) and the phase's own peak.
 
     Returns {"phases": {name: {"component", "weights", "state", "activations", "total", "held", "host"}},
@@ -521,7 +521,7 @@ def estimate_run(unet_config: dict = zeroscope.UNET_CONFIG, vae_config: dict = z
     phases = {}
     for name in PHASES:
         p = _phase(name, *key, options)
-        # TextToVideo.cpu_offload: the UNet stays; the text encoder and the VAE come to the device only to run
+        # UNet3DBackbone.cpu_offload: the UNet stays; the text encoder and the VAE come to the device only to run
         extra = p["component_weights"] if p["component"] != "unet" else 0
         resident = unet_weights + extra if cpu_offload else all_weights
         phases[name] = {"component": p["component"], "weights": resident, "state": state,

@@ -10,7 +10,7 @@ One FLOP weight per kind of pass a run counts:
                             of the checkpointed layers' forwards, counted as it runs (a layer's recomputation stops
                             once it has rebuilt what the layer saved, so it costs less than a truncated forward)
 
-`torch.utils.flop_counter.FlopCounterMode` counts them around the package's own calls (`TextToVideo.predict`,
+`torch.utils.flop_counter.FlopCounterMode` counts them around the package's own calls (`UNet3DBackbone.predict`,
 `.features`, `losses.motion_loss`, `activations.activation_options`) on ZeroScope's UNet built on the meta device
 (`tools.memory.meta_model`): shapes only, no data. It counts matrix products, convolutions and attention, not
 elementwise ops or normalisations. Attention takes SDPA's math path there, two batched products forward and four
@@ -32,7 +32,7 @@ from ..config import ACTIVATION_MODES, DEFAULT_LAYERS
 from ..errors import ConfigError
 from ..features import FeatureHooks
 from ..losses import motion_loss, reduce_source
-from ..models import TextToVideo
+from ..backbones.unet3d import UNet3DBackbone, unet_checkpoint_units
 from . import zeroscope
 from .memory import meta_model
 
@@ -45,7 +45,7 @@ def _flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def count_pass_flops(model: TextToVideo, frames: int, height: int, width: int, *,
+def count_pass_flops(model: UNet3DBackbone, frames: int, height: int, width: int, *,
                      layers: tuple[str, ...] = DEFAULT_LAYERS, loss: str = "pairwise_cosine",
                      activations: str = "none", timestep: int = 981, text_tokens: int = 77,
                      vae_scale: int = zeroscope.VAE_SCALE) -> dict[str, int]:
@@ -69,7 +69,8 @@ def count_pass_flops(model: TextToVideo, frames: int, height: int, width: int, *
             source = reduce_source(loss, features["source"])
 
         def iteration(mode: str):                 # as sampling.optimise_latent runs it, the Adam update left out
-            with activation_options(model.unet, mode), torch.enable_grad():
+            units = unet_checkpoint_units(model.unet) if mode == "checkpoint" else None
+            with activation_options(model.unet, mode, names=units), torch.enable_grad():
                 latent = x.clone().requires_grad_(True)
                 motion_loss(loss, source, model.features(hooks, latent, timestep, cond)).backward()
 

@@ -3,10 +3,10 @@
 Its component configs (from the checkpoint's `unet/`, `vae/`, `text_encoder/` and `scheduler/` folders) let the
 memory estimates (`tools.memory`) and the GPU benchmark (benchmarks/gpu_zeroscope.py) build it without the
 weights; the shapes model trains on its noise schedule, so the reference preset applies to both unchanged. Its
-native size is the loader's (`models.KNOWN_SIZES`).
+native size is the UNet3D loader's (`backbones.unet3d.KNOWN_SIZES`).
 """
 
-from ..models import KNOWN_SIZES
+from ..backbones.unet3d import KNOWN_SIZES
 
 WIDTH, HEIGHT, FRAMES = KNOWN_SIZES["zeroscope_v2_576w"]      # pixels, pixels, frames
 VAE_SCALE = 8                                                 # pixels per latent cell

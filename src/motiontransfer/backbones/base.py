@@ -1,0 +1,220 @@
+"""The backbone protocol: what the method needs of a text-to-video model, whatever its family.
+
+A backbone owns one family's call convention and nothing else knows it: the denoiser module that hooks and
+activation checkpointing attach to (`denoiser`), the noise schedule (`schedule`), the latent's shape and the
+family's size rules (`latent_shape`, `check_size`), prompts, frames <-> latents (`encode_prompts`,
+`encode_frames`, `decode_latents`), the model's prediction with classifier-free guidance (`predict`), and hooked
+features, always returned as (B, F', D, h', w') (`features`, `predict_observed`), so the losses never learn
+which family made them. Latents are (B, C, F', h, w) everywhere; frames (F, H, W, 3) uint8.
+
+`BackboneBase` holds what every family shares: the frozen components' device, dtype and offload, the model's
+recommendations (`ModelDefaults`), and the vocabulary check of small models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from ..errors import ModelError
+from ..features import FeatureHooks
+from ..schedules import Schedule
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FPS = 8.0            # output fps when the input has none (image folders) and the model says nothing
+MAX_CONFIG_JSON_BYTES = 1_000_000      # a component's config.json is a few kB
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What a checkpoint recommends; `motiontransfer.json` in its folder may set any of these."""
+
+    width: int
+    height: int
+    frames: int
+    fps: float = DEFAULT_FPS
+    negative_prompt: str | None = None     # None: the family's default (the reference's for UNet3D)
+    method: dict | None = None             # TransferConfig fields the model recommends (e.g. its own init)
+    vocabulary: tuple[str, ...] | None = None   # the words a small model was trained on; None: open vocabulary
+
+
+class Backbone(Protocol):
+    """One model family behind the method (module docstring)."""
+
+    family: str                        # "unet3d" | "wan"
+    path: Path
+    identity: str
+    defaults: ModelDefaults
+    device: torch.device
+    dtype: torch.dtype
+    vae_slicing: bool
+    cpu_offload: bool
+
+    @property
+    def denoiser(self) -> torch.nn.Module: ...
+    @property
+    def default_layers(self) -> tuple[str, ...]: ...
+    @property
+    def default_negative_prompt(self) -> str: ...
+
+    def schedule(self, steps: int) -> Schedule: ...
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, ...]: ...
+    def check_size(self, frames: int, height: int, width: int) -> None: ...
+    def valid_frames(self, available: int) -> int: ...
+    def checkpoint_units(self, units: str = "layers") -> list[str]: ...
+    def set_cpu_offload(self, enabled: bool) -> None: ...
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor: ...
+    def encode_frames(self, frames: np.ndarray, generator: torch.Generator | None = None) -> torch.Tensor: ...
+    def decode_latents(self, latents: torch.Tensor) -> np.ndarray: ...
+    def predict(self, x: torch.Tensor, t: float, cond: torch.Tensor, uncond: torch.Tensor | None = None,
+                scale: float = 1.0) -> torch.Tensor: ...
+    def features(self, hooks: FeatureHooks, x: torch.Tensor, t: float,
+                 cond: torch.Tensor) -> dict[str, torch.Tensor]: ...
+    def predict_observed(self, hooks: FeatureHooks, x: torch.Tensor, t: float, cond: torch.Tensor,
+                         uncond: torch.Tensor | None = None, scale: float = 1.0
+                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+@dataclass
+class BackboneBase:
+    """What every family's adapter shares; the families add their components and call convention."""
+
+    path: Path
+    identity: str
+    defaults: ModelDefaults
+    device: torch.device
+    dtype: torch.dtype
+    vae_slicing: bool = False
+    cpu_offload: bool = False      # text encoder and VAE live on the CPU and visit the device only to run
+    _warned_prompts: set = field(default_factory=set, repr=False)   # prompts already warned about (check_words)
+
+    # the components that `cpu_offload` keeps on the CPU: the text encoder and the VAE, whatever their names
+    def _offloaded(self) -> list[torch.nn.Module]:
+        return [m for m in (getattr(self, "text_encoder", None), getattr(self, "vae", None)) if m is not None]
+
+    @contextmanager
+    def _running(self, module: torch.nn.Module):
+        """With cpu_offload, moves `module` to the device for the duration, then back to the CPU."""
+        if not self.cpu_offload or self.device.type == "cpu":
+            yield module
+            return
+        module.to(self.device)
+        try:
+            yield module
+        finally:
+            module.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def set_cpu_offload(self, enabled: bool) -> None:
+        self.cpu_offload = enabled
+        target = "cpu" if enabled else self.device
+        for module in self._offloaded():
+            module.to(target)
+
+    def check_words(self, prompt: str) -> list[str]:
+        """The words of `prompt` outside the model's vocabulary (when it declares one), warned about once."""
+        unknown = unknown_words(prompt, self.defaults.vocabulary)
+        if unknown and prompt not in self._warned_prompts:
+            self._warned_prompts.add(prompt)
+            shown = ", ".join(repr(w[:30]) for w in unknown[:8]) + (" ..." if len(unknown) > 8 else "")
+            logger.warning("the model does not know %s (it splits unknown words into letters and ignores their "
+                           "meaning); the words it knows: %s", shown, ", ".join(self.defaults.vocabulary))
+        return unknown
+
+
+def unknown_words(prompt: str, vocabulary: tuple[str, ...] | None) -> list[str]:
+    """The distinct words of `prompt` (lowercase, split at anything but letters and digits) that are not in
+    `vocabulary`, in order of appearance; none when the vocabulary is None (an open-vocabulary model)."""
+    if vocabulary is None:
+        return []
+    known = set(vocabulary)
+    words = "".join(ch if ch.isalnum() else " " for ch in prompt.lower()).split()
+    return list(dict.fromkeys(w for w in words if w not in known))
+
+
+# ------------------------------------------------------------------------------------- reading model folders
+
+def read_json(path: Path) -> dict:
+    """A small JSON object from a model folder; ModelError when it is large, unreadable or not an object."""
+    try:
+        if path.stat().st_size > MAX_CONFIG_JSON_BYTES:
+            raise ModelError(f"{path} is over {MAX_CONFIG_JSON_BYTES // 1000} kB; a model config is a few kB")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read {path} ({type(e).__name__}); the model folder is damaged") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} must hold a JSON object")
+    return data
+
+
+def check_bounds(source: Path, values: dict[str, tuple]) -> None:
+    """Each value (value, low, high) must be an int within [low, high]; a one-line ModelError names the field."""
+    for name, (value, low, high) in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ModelError(f"{source}: {name} = {str(value)[:40]} is outside the sane range {low}..{high}; "
+                             f"the model folder is damaged or not a text-to-video checkpoint")
+
+
+def physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_weights(path: Path, components: tuple[str, ...], allow_unsafe: bool) -> dict[str, bool]:
+    """Each weight component has a config.json and weights; returns, per component, whether they are
+    safetensors. Pickled .bin weights only with `allow_unsafe` (they can run code when loaded)."""
+    safe = {}
+    for c in components:
+        if not (path / c / "config.json").exists():
+            raise ModelError(f"model folder {path} is incomplete: {c}/config.json is missing")
+        has_safe = any((path / c).glob("*.safetensors"))
+        has_bin = any((path / c).glob("*.bin"))
+        if not has_safe and not has_bin:
+            raise ModelError(f"model folder {path} is incomplete: {c}/ has no weights (*.safetensors)")
+        if not has_safe and not allow_unsafe:
+            raise ModelError(f"{path / c} has only pickled .bin weights, which can run code when loaded; convert "
+                             f"them to safetensors or pass --allow-unsafe-weights if you trust the source")
+        safe[c] = has_safe
+    return safe
+
+
+def check_components(path: Path, components: tuple[str, ...]) -> None:
+    missing = [c for c in components if not (path / c).is_dir()]
+    if missing:
+        raise ModelError(f"model folder {path} is incomplete: missing {', '.join(m + '/' for m in missing)}; "
+                         f"a text-to-video checkpoint needs {', '.join(c + '/' for c in components)}")
+
+
+def check_memory(path: Path, estimate: int, fields: str) -> None:
+    memory = physical_memory()
+    if memory and estimate > memory:
+        raise ModelError(f"{path}: its configs describe about {estimate / 1e9:.0f} GB of weights, more than this "
+                         f"machine's {memory / 1e9:.0f} GB of memory ({fields}); the model folder is damaged or "
+                         f"too large for this machine")
+
+
+def load_error(path: Path, error: Exception) -> ModelError:
+    """The one-line ModelError for a component that failed to load (out-of-memory errors are re-raised)."""
+    if isinstance(error, RuntimeError) and "out of memory" in str(error).lower():
+        raise error
+    first = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    return ModelError(f"cannot load the model in {path}: {first}")
+
+
+def scheduler_config(path: Path) -> dict:
+    found = sorted((path / "scheduler").glob("*.json"))
+    if not found:
+        raise ModelError(f"model folder {path} is incomplete: scheduler/ has no scheduler_config.json")
+    return read_json(found[0])
