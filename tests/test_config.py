@@ -75,7 +75,8 @@ def test_every_preset_builds_a_valid_config():
 EVERY_FIELD = {
     "model": "some/folder", "frames": 8, "stride": 2, "start": 3, "region": [4, 2, 40, 30], "resize": "pad", "width": 64, "height": 48,
     "source_prompt": "a red square", "negative_prompt": "blurry", "guidance_scale": 7.5, "steps": 20,
-    "inversion_steps": 40, "restart": True, "guidance_window": [0.1, 0.5], "iterations": 3, "early_stop": 0.05,
+    "inversion_steps": 40, "inversion_solver": "midpoint", "restart": True, "guidance_window": [0.1, 0.5],
+    "iterations": 3, "early_stop": 0.05,
     "reuse_every": 2,
     "learning_rate": [0.01, 0.002], "layers": ["up_blocks.1.temp_convs.1", "up_blocks.2.resnets.0"],
     "layer_weights": [1.0, 0.5], "loss": "smm", "init": "random", "lf_factor": 2, "lf_filter": "reference",

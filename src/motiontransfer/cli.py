@@ -89,9 +89,11 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("method")
     g.add_argument("--source-prompt", help="describes the source video (default: empty)")
     g.add_argument("--negative-prompt", help="negative prompt for classifier-free guidance")
-    g.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (10)")
-    g.add_argument("--steps", type=int, help="DDIM sampling steps (25)")
-    g.add_argument("--inversion-steps", type=int, help="DDIM inversion steps (default: = --steps; reference 999)")
+    g.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (10; Wan models: 5)")
+    g.add_argument("--steps", type=int, help="sampling steps (25)")
+    g.add_argument("--inversion-steps", type=int, help="inversion steps (default: = --steps; reference 999)")
+    g.add_argument("--inversion-solver", choices=cfg.INVERSION_SOLVERS,
+                   help="flow models' inversion: euler (one pass a step, the default) or midpoint (two)")
     g.add_argument("--restart", action=argparse.BooleanOptionalAction, default=None,
                    help="re-noise and denoise again after each step (reference; off)")
     g.add_argument("--guidance-window", type=float, nargs=2, metavar=("START", "END"),
@@ -102,7 +104,7 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reuse-every", type=int, metavar="K",
                    help="optimise every K-th guided step only; the others reuse the last change (3; 1: off)")
     g.add_argument("--learning-rate", type=float, nargs=2, metavar=("FIRST", "LAST"), help="(0.007 0.004)")
-    g.add_argument("--layers", nargs="+", help="UNet module names to hook")
+    g.add_argument("--layers", nargs="+", help="denoiser module names to hook (default: the model family's: the reference's up_blocks.1 layers on UNet3D, the middle block on Wan)")
     g.add_argument("--layer-weights", type=float, nargs="+", help="one weight per layer")
     g.add_argument("--loss", choices=cfg.LOSSES)
     g.add_argument("--init", choices=cfg.INITS, help="initial latent (lf, Eq. 4)")

@@ -30,6 +30,7 @@ DEFAULT_LAYERS = ("up_blocks.1.resnets.1.conv2", "up_blocks.1.temp_convs.1", "up
 # these.
 LOSSES = ("pairwise_cosine", "pairwise_l2", "smm", "features")       # losses.motion_loss
 INITS = ("lf", "random", "inverted", "sdedit")                         # initialization
+INVERSION_SOLVERS = ("euler", "midpoint")                              # schedules.FlowSchedule.inversion
 LF_FILTERS = ("lowpass", "reference")                                  # initialization.upsample
 VAE_ENCODINGS = ("mean", "sample")                                     # pipeline.encode_source
 RESIZE_POLICIES = ("crop", "stretch", "pad")                           # video.resize_frames
@@ -39,7 +40,8 @@ ACTIVATIONS = ("auto",) + ACTIVATION_MODES                             # auto: c
 # The options a model folder's `motiontransfer.json` may recommend (`method_defaults`): the method's own. Input
 # selection, runtime and security options (where files go, what is cached, which weights may run code, the
 # device, the seed) come from the user alone.
-METHOD_OPTIONS = ("source_prompt", "guidance_scale", "steps", "inversion_steps", "restart", "guidance_window",
+METHOD_OPTIONS = ("source_prompt", "guidance_scale", "steps", "inversion_steps", "inversion_solver", "restart",
+                  "guidance_window",
                   "iterations", "early_stop", "reuse_every", "learning_rate", "layers", "layer_weights", "loss",
                   "init", "lf_factor", "lf_filter", "vae_encode", "sdedit_strength")
 # What `invert` ignores (it only fills the inversion cache): given as flags or keyword arguments they are errors.
@@ -90,6 +92,8 @@ class TransferConfig:
     # schedule
     steps: int = 25                               # DDIM sampling steps (the reference: 50; issue 14's study)
     inversion_steps: int | None = None            # None: = steps, so inverted latents sit on the sampling timesteps
+    inversion_solver: str | None = None           # flow models: euler (one pass a step) | midpoint (two); None:
+                                                  # the family's (DDIM inverts with DDIM, flow with euler)
     restart: bool = False                         # reference extra: re-noise to t after each step, denoise again
     # guidance (paper Sec. 4: optimise the latent at each guided step)
     guidance_window: tuple[float, float] = (0.0, 0.4)   # fractions of the sampling steps that are guided
@@ -190,6 +194,8 @@ def validate(c: TransferConfig) -> None:
     need(c.steps >= 1, f"--steps must be at least 1, got {c.steps}")
     need(c.inversion_steps is None or c.inversion_steps >= c.steps,
          f"--inversion-steps ({c.inversion_steps}) must be at least --steps ({c.steps})")
+    need(c.inversion_solver in (None,) + INVERSION_SOLVERS,
+         f"--inversion-solver must be one of {', '.join(INVERSION_SOLVERS)}, got {short(c.inversion_solver)}")
     need(c.inversion_steps is None or c.inversion_steps <= MAX_INVERSION_STEPS,
          f"--inversion-steps must be at most {MAX_INVERSION_STEPS}")
     need(len(c.guidance_window) == 2, f"guidance window must be two fractions (start, end), got {c.guidance_window}")

@@ -41,7 +41,7 @@ def invert_latent(predict: PredictFn, x0: torch.Tensor, schedule: Schedule, step
                   callback: Callable[[int, float], None] | None = None) -> dict[int, torch.Tensor]:
     """Inverts x0 (B, C, F, h, w) with `steps` inversion steps of `schedule`'s family (`Schedule.inversion`);
     returns {i: x_i} for every sampling step index i in `keep`. The pass stops at the noisiest kept step."""
-    plan = schedule.inversion(steps, keep) if solver is None else schedule.inversion(steps, keep, solver)
+    plan = schedule.inversion(steps, keep, solver)
     kept: dict[int, torch.Tensor] = {}
     x = x0
     with torch.no_grad():

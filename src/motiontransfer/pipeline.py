@@ -322,6 +322,8 @@ def inversion_settings(config: TransferConfig, keep: list[int], dtype: torch.dty
     posterior sample depends on the seed; the mean's key is the same as before `vae_encode` existed."""
     settings = {"steps": config.steps, "inversion_steps": config.inversion_steps,
                 "source_prompt": config.source_prompt, "keep": sorted(keep), "dtype": str(dtype)}
+    if config.inversion_solver is not None:
+        settings["inversion_solver"] = config.inversion_solver
     if config.vae_encode != "mean":
         settings |= {"vae_encode": config.vae_encode, "seed": config.seed}
     return settings
@@ -358,12 +360,12 @@ def invert_latents(model: Backbone, frames: np.ndarray, config: TransferConfig, 
         schedule = model.schedule(config.steps)
         step = None
         if on_progress is not None:
-            total = len(schedule.inversion(config.inversion_steps, keep).times)
+            total = len(schedule.inversion(config.inversion_steps, keep, config.inversion_solver).times)
 
             def step(i, t):
                 on_progress(ProgressEvent("inversion", i + 1, total))
-        latents = invert_latent(predict, x0, schedule, config.inversion_steps, keep, progress=progress,
-                                callback=step)
+        latents = invert_latent(predict, x0, schedule, config.inversion_steps, keep,
+                                solver=config.inversion_solver, progress=progress, callback=step)
     latents = {t: v.to(model.dtype) for t, v in latents.items()}
     saved = False
     if config.use_cache:

@@ -31,10 +31,11 @@ from typing import Callable, Protocol
 
 import torch
 
+from .config import INVERSION_SOLVERS
 from .errors import ConfigError
 
 PredictFn = Callable[[torch.Tensor, float], torch.Tensor]    # (x (B, C, F, h, w), model time) -> model output
-FLOW_SOLVERS = ("euler", "midpoint")                         # flow inversion: one pass a step, or two
+FLOW_SOLVERS = INVERSION_SOLVERS                             # flow inversion: one pass a step, or two
 
 
 @dataclass
@@ -59,7 +60,7 @@ class Schedule(Protocol):
     def renoise(self, x_next: torch.Tensor, i: int, generator: torch.Generator) -> torch.Tensor: ...
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, i: int) -> torch.Tensor: ...
     def sdedit_start(self, strength: float) -> int: ...
-    def inversion(self, inversion_steps: int, keep: list[int], solver: str = ...) -> InversionPlan: ...
+    def inversion(self, inversion_steps: int, keep: list[int], solver: str | None = None) -> InversionPlan: ...
 
 
 def _noise_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -106,13 +107,13 @@ class DDIMSchedule:
         limit = strength * self.num_train_timesteps
         return next((i for i, t in enumerate(self.timesteps) if t <= limit), len(self.timesteps) - 1)
 
-    def inversion(self, inversion_steps: int, keep: list[int], solver: str = "ddim") -> InversionPlan:
+    def inversion(self, inversion_steps: int, keep: list[int], solver: str | None = None) -> InversionPlan:
         """DDIM inversion with `inversion_steps` steps up to the noisiest kept sampling step. Raises ConfigError
         when a kept step's timestep is not on the inversion grid (e.g. 50 sampling steps, 75 inversion steps)."""
         from diffusers import DDIMInverseScheduler
 
-        if solver != "ddim":
-            raise ConfigError(f"the DDIM family inverts with DDIM; --inversion-solver {solver} is for flow models")
+        if solver is not None:
+            raise ConfigError(f"a DDIM model inverts with DDIM; --inversion-solver {solver} is for flow models")
         if inversion_steps > self.num_train_timesteps - 1:
             raise ConfigError(f"--inversion-steps must be at most {self.num_train_timesteps - 1}, got "
                               f"{inversion_steps}")
@@ -192,11 +193,12 @@ class FlowSchedule:
         """The first sampling step whose sigma is at or below `strength`."""
         return next((i for i, s in enumerate(self.sigmas[:-1]) if s <= strength), self.steps - 1)
 
-    def inversion(self, inversion_steps: int, keep: list[int], solver: str = "euler") -> InversionPlan:
+    def inversion(self, inversion_steps: int, keep: list[int], solver: str | None = None) -> InversionPlan:
         """The flow ODE run backwards from s = 0 up the `inversion_steps`-step grid to the noisiest kept step:
         `euler` (x + h v(x, s), one pass a step) or `midpoint` (x + h v(x + h/2 v(x, s), s + h/2), two passes:
         the explicit midpoint of RF-Solver, second order). Raises ConfigError when a kept step's sigma is not
         on the inversion grid."""
+        solver = solver or "euler"
         if solver not in FLOW_SOLVERS:
             raise ConfigError(f"flow inversion solver must be one of {', '.join(FLOW_SOLVERS)}, got {solver!r}")
         fine = self.sigmas if inversion_steps == self.steps else self._grid(inversion_steps)[0]
