@@ -1,13 +1,16 @@
-"""Which UNet layers' SMM tells motion apart: the guidance loss of the ideal result against wrong ones.
+"""Which layers' (UNet3D) or blocks' (Wan) SMM tells motion apart: the guidance loss of the ideal result against
+wrong ones.
 
     OMP_NUM_THREADS=1 python benchmarks/layer_probe.py [--model PATH] [--pairs 8] [--seed 1]
-        [--timesteps 961 841 721] [--layers NAME ...] [--json runs/probe.json]
+        [--steps 50 --at 1 7 13] [--layers NAME ...] [--json runs/probe.json]
 
 For each validation pair (`shapes.report.transfer_pairs`, pair seed 1 as in `init_sweep.py`) the world renders
 the source clip and four clips in the target's look (shape, colour): `ideal` (the source's motion exactly: what
 a perfect transfer returns), `shifted` (the ideal clip moved by a quarter of the frame, where the object stays
 inside: right motion, wrong place), `static` (the target object resting where the source starts) and `other`
-(the next pair's motion). Each clip is encoded and noised to each timestep (`--noise`: independent noise per
+(the next pair's motion). Each clip is encoded and noised to each step `--at` of a `--steps`-step schedule (the
+model's own: DDIM's timesteps 961, 841, 721 by default for the UNet3D family; the flow sigmas there for Wan)
+(`--noise`: independent noise per
 clip, as a random init's latent shares none with the source's; the source's noise, as the inverted init's does;
 or the source's low frequencies, as LF init's does), one pass gives the hooked layers' features (source prompt "" for the
 source, the target prompt for the others, as the transfer does), and the guidance loss (`--loss`, the
@@ -23,9 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
-
-from motiontransfer.config import DEFAULT_LAYERS
 from motiontransfer.features import FeatureHooks
 from motiontransfer.initialization import lf_init
 from motiontransfer.losses import motion_loss, reduce_source
@@ -36,11 +36,13 @@ from motiontransfer.shapes.report import transfer_pairs, world_light
 VARIANTS = ("ideal", "shifted", "static", "other")
 
 
-def candidate_layers(unet) -> list[str]:
-    """Every block's residual branches (`conv2`, before the skip-add), temporal convolutions, attentions and
-    up-samplers, in the order `named_modules` lists them."""
+def candidate_layers(model) -> list[str]:
+    """Wan: every transformer block. UNet3D: every block's residual branches (`conv2`, before the skip-add),
+    temporal convolutions, attentions and up-samplers, in the order `named_modules` lists them."""
+    if model.family == "wan":
+        return [f"blocks.{i}" for i in range(len(model.transformer.blocks))]
     out = []
-    for name, _ in unet.named_modules():
+    for name, _ in model.unet.named_modules():
         parts = name.split(".")
         if parts[0] not in ("down_blocks", "mid_block", "up_blocks"):
             continue
@@ -118,7 +120,9 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1, help="pair seed (the quality report uses 0)")
-    parser.add_argument("--timesteps", type=int, nargs="+", default=[961, 841, 721])
+    parser.add_argument("--steps", type=int, default=50, help="the schedule's step count (50)")
+    parser.add_argument("--at", type=int, nargs="+", default=[1, 7, 13],
+                        help="step indices of that schedule to noise to (1 7 13: DDIM's t = 961 841 721)")
     parser.add_argument("--layers", nargs="+", default=None, help="default: every candidate layer")
     parser.add_argument("--loss", default="pairwise_cosine")
     parser.add_argument("--noise", default="independent",
@@ -135,8 +139,10 @@ def main() -> None:
     torch.manual_seed(0)
     model = load_model(args.model, device="cpu")
     size, frames = model.defaults.width, model.defaults.frames
-    layers = args.layers or candidate_layers(model.unet)
-    alphas_cumprod = DDIMScheduler.from_config(model.scheduler_config).alphas_cumprod
+    layers = args.layers or candidate_layers(model)
+    defaults = model.default_layers
+    schedule = model.schedule(args.steps)
+    times = [schedule.timesteps[i] for i in args.at]
     pairs = transfer_pairs(args.pairs, args.seed, size, frames)
     if args.texture != "plain":
         rng = np.random.default_rng(args.seed)
@@ -147,16 +153,14 @@ def main() -> None:
     source_cond = model.encode_prompts([""])
     losses = {name: {v: [] for v in VARIANTS} for name in layers}      # [pair x timestep] per variant
     generator = torch.Generator().manual_seed(args.seed)
-    with FeatureHooks(model.unet, layers, stop_early=True) as hooks, torch.no_grad():
+    with FeatureHooks(model.denoiser, layers, stop_early=True) as hooks, torch.no_grad():
         for i, c in enumerate(clips):
             cond = model.encode_prompts([c["prompt"]])
             src_x0 = model.encode_frames(c["source"])                 # each clip encoded once, noised per timestep
             x0 = {v: None if c[v] is None else model.encode_frames(c[v]) for v in VARIANTS}
-            for t in args.timesteps:
-                a = alphas_cumprod[t]
-
+            for step, t in zip(args.at, times):
                 def feats(latent, prompt_cond, noise):
-                    return model.features(hooks, a.sqrt() * latent + (1 - a).sqrt() * noise, t, prompt_cond)
+                    return model.features(hooks, schedule.add_noise(latent, noise, step), t, prompt_cond)
                 src_noise = torch.randn(src_x0.shape, generator=generator)
                 src = reduce_source(args.loss, feats(src_x0, source_cond, src_noise))
                 for v in VARIANTS:
@@ -168,36 +172,37 @@ def main() -> None:
                     for name in layers:
                         losses[name][v].append(float(motion_loss(args.loss, {name: src[name]}, {name: gen[name]})))
             print(f"pair {i + 1}/{len(clips)} done", flush=True)
-    print(f"\n{args.pairs} pairs (seed {args.seed}) x timesteps {args.timesteps}, loss {args.loss}, "
+    print(f"\n{args.pairs} pairs (seed {args.seed}) x steps {args.at} of {args.steps} (model times "
+          f"{[round(float(t), 1) for t in times]}), loss {args.loss}, "
           f"noise {args.noise}, texture {args.texture}, light {light}; "
           f"model {model.path}")
     print(f"{'layer':36s} {'res':>5s}  " + "  ".join(f"{v:>7s}" for v in VARIANTS) +
           "   ideal wins vs shifted / static / other")
     summary = {}
-    with FeatureHooks(model.unet, layers, stop_early=False) as hooks, torch.no_grad():
+    with FeatureHooks(model.denoiser, layers, stop_early=False) as hooks, torch.no_grad():
         x = model.encode_frames(clips[0]["source"])
-        shapes = {k: tuple(f.shape[-2:]) for k, f in model.features(hooks, x, args.timesteps[0], source_cond).items()}
+        shapes = {k: tuple(f.shape[-2:]) for k, f in model.features(hooks, x, times[0], source_cond).items()}
     for name in layers:
         arr = {v: np.array(losses[name][v]) for v in VARIANTS}
         wins = {v: float(np.nanmean((arr["ideal"] < arr[v])[~np.isnan(arr[v])])) for v in VARIANTS[1:]}
         means = {v: float(np.nanmean(arr[v])) for v in VARIANTS}
         summary[name] = {"resolution": shapes[name], "mean_loss": means, "ideal_wins": wins,
-                         "default": name in DEFAULT_LAYERS}
-        mark = "*" if name in DEFAULT_LAYERS else " "
+                         "default": name in defaults}
+        mark = "*" if name in defaults else " "
         print(f"{name:35s}{mark} {shapes[name][0]:2d}x{shapes[name][1]:<2d}  " +
               "  ".join(f"{means[v]:7.3f}" for v in VARIANTS) +
               "   " + " / ".join(f"{wins[v]:.2f}" for v in VARIANTS[1:]))
-    print("* the default (reference) layers")
-    hooked, by_timestep = [n for n in DEFAULT_LAYERS if n in layers], {}
+    print("* the model's default layers")
+    hooked, by_timestep = [n for n in defaults if n in layers], {}
     if hooked:          # the guidance's own loss: summed over the default layers, per timestep
-        total = {v: sum(np.array(losses[n][v]) for n in hooked).reshape(len(clips), len(args.timesteps))
+        total = {v: sum(np.array(losses[n][v]) for n in hooked).reshape(len(clips), len(args.at))
                  for v in VARIANTS}
         print(f"\nthe default layers' summed loss by timestep (ideal wins vs shifted / static / other)")
-        for k, t in enumerate(args.timesteps):
+        for k, t in enumerate(times):
             wins = [float(np.nanmean((total["ideal"][:, k] < total[v][:, k])[~np.isnan(total[v][:, k])]))
                     for v in VARIANTS[1:]]
-            by_timestep[t] = wins
-            print(f"t={t:4d}  " + " / ".join(f"{w:.2f}" for w in wins))
+            by_timestep[round(float(t), 1)] = wins
+            print(f"step {args.at[k]:3d} (t={float(t):6.1f})  " + " / ".join(f"{w:.2f}" for w in wins))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "layers": summary,

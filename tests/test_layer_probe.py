@@ -66,7 +66,7 @@ def test_shift_is_refused_when_the_object_fills_the_frame(probe):
 def test_probe_runs_on_a_tiny_model_and_reports_every_layer(probe, tiny_model, tmp_path, monkeypatch, capsys):
     out = tmp_path / "probe.json"
     monkeypatch.setattr(sys, "argv", ["layer_probe.py", "--model", str(tiny_model), "--pairs", "2",
-                                      "--timesteps", "901", "--noise", "lf2", "--json", str(out)])
+                                      "--steps", "10", "--at", "0", "--noise", "lf2", "--json", str(out)])
     probe.main()
     layers = json.loads(out.read_text())["layers"]
     assert "up_blocks.1.temp_convs.1" in layers and len(layers) > 10
@@ -74,6 +74,16 @@ def test_probe_runs_on_a_tiny_model_and_reports_every_layer(probe, tiny_model, t
         assert set(row["mean_loss"]) == {"ideal", "shifted", "static", "other"}
         assert all(0.0 <= w <= 1.0 for w in row["ideal_wins"].values())
     assert "the default layers' summed loss by timestep" in capsys.readouterr().out
+
+
+def test_probe_reads_every_block_of_a_wan_model(probe, tiny_wan, tmp_path, monkeypatch):
+    out = tmp_path / "probe.json"
+    monkeypatch.setattr(sys, "argv", ["layer_probe.py", "--model", str(tiny_wan), "--pairs", "2", "--steps", "10",
+                                      "--at", "0", "3", "--json", str(out)])
+    probe.main()
+    result = json.loads(out.read_text())
+    assert set(result["layers"]) == {"blocks.0", "blocks.1"} and result["layers"]["blocks.1"]["default"]
+    assert len(result["default_layers_by_timestep"]) == 2
 
 
 def test_lit_variants_are_lit_where_the_object_is(probe):
