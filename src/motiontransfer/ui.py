@@ -78,8 +78,8 @@ class App:
         directory = self.output_dir / "examples"
         out = {}
         for seed in EXAMPLE_SEEDS:
-            clip = world.sample_clip(np.random.default_rng(seed), size=self.defaults.width, frames=16,
-                                     motion_phrase_prob=1.0)
+            clip = world.sample_clip(np.random.default_rng(seed), size=self.defaults.width,
+                                     frames=self.defaults.frames, motion_phrase_prob=1.0)
             path = directory / f"world-{seed}.mp4"
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
