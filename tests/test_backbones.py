@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,3 +203,15 @@ def test_a_shorter_clip_uses_the_longest_count_the_model_takes_unless_frames_are
     assert "the clip has 7 frames, fewer than the model's 9: using 5" in caplog.text
     with pytest.raises(Exception, match="7 frames; 9 are needed"):
         motiontransfer.transfer(clip, "a green star", frames=9, **opts)
+
+
+def test_the_web_ui_runs_a_wan_model(wan, tmp_path):
+    pytest.importorskip("gradio")
+    from motiontransfer.ui import App
+    from motiontransfer.video import write_video
+
+    write_video(tmp_path / "clip.mp4", moving_square(9, 32), 16.0)
+    app = App(str(wan.path), tmp_path / "ui", {"cache_dir": str(tmp_path / "cache")})
+    shown = app.run(str(tmp_path / "clip.mp4"), "a green star", numbers={"seed": 1, "steps": 3})
+    assert Path(shown[0].result_video).exists() and shown[0].record["config"]["layers"] == ["blocks.1"]
+    assert shown[0].record["fps"] == 16.0
