@@ -253,3 +253,30 @@ def test_to_dict_round_trips_through_yaml(tmp_path, config):
     assert again == config
     assert run == {}
     assert yaml.safe_load(path.read_text()) == config.to_dict()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"guidance_scale": float("inf")}, "--guidance-scale must be a finite number"),
+    ({"guidance_scale": 1e308}, "--guidance-scale must be at most 100"),
+    ({"learning_rate": (1e30, 0.004)}, "--learning-rate must be at most 10"),
+    ({"learning_rate": (float("inf"), float("inf"))}, "--learning-rate must be a finite number"),
+    ({"iterations": 10 ** 9}, "--iterations must be at most 1000"),
+    ({"seed": 2 ** 64}, "--seed must be in 0.."),
+    ({"seed": -1}, "--seed must be in 0.."),
+    ({"device": "meta"}, "--device must be auto, cpu, cuda"),
+])
+def test_numbers_are_finite_and_bounded_whoever_sets_them(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        TransferConfig(**changes)
+
+
+@pytest.mark.parametrize("value, message", [("no", "overwrite must be true or false"),
+                                            ("false", "overwrite must be true or false")])
+def test_overwrite_in_a_config_file_must_be_a_boolean(tmp_path, value, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"overwrite: \"{value}\"\n")
+    with pytest.raises(ConfigError, match=message):
+        resolve(config_file=str(path))
+    path.write_text("output_dir: 123\n")
+    with pytest.raises(ConfigError, match="output_dir must be a folder path"):
+        resolve(config_file=str(path))

@@ -128,12 +128,13 @@ def test_cache_list_and_clear(tmp_path):
     cache.save("new", small)
     week_ago = time.time() - 7 * 86400
     os.utime(cache.path("old"), (week_ago, week_ago))
-    (tmp_path / ".x.safetensors.tmp-1-ab.safetensors").write_bytes(b"half")
-    os.utime(tmp_path / ".x.safetensors.tmp-1-ab.safetensors", (week_ago, week_ago))
+    half = f".{'ab' * 12}.safetensors.tmp-1-ab.safetensors"           # what an interrupted write of a key leaves
+    (tmp_path / half).write_bytes(b"half")
+    os.utime(tmp_path / half, (week_ago, week_ago))
     entries = cache.entries()
     assert len(entries) == 4 and sum(e.temporary for e in entries) == 1
     removed = cache.clear(older_than_days=1)
-    assert {e.path.name for e in removed} == {"old.safetensors", ".x.safetensors.tmp-1-ab.safetensors"}
+    assert {e.path.name for e in removed} == {"old.safetensors", half}
     assert [e.path.name for e in cache.clear(larger_than_mb=0.1)] == ["big.safetensors"]
     assert [e.path.name for e in cache.clear()] == ["new.safetensors"] and cache.entries() == []
 
@@ -157,9 +158,26 @@ def test_saving_removes_temporaries_that_interrupted_writes_left(tmp_path):
     import time
 
     cache = InversionCache(tmp_path)
-    stale, fresh = tmp_path / ".a.safetensors.tmp-1-aa.safetensors", tmp_path / ".b.safetensors.tmp-2-bb.safetensors"
+    stale, fresh = (tmp_path / f".{c * 24}.safetensors.tmp-{i}-{c * 2}.safetensors" for i, c in ((1, "a"), (2, "b")))
     stale.write_bytes(b"half")
     fresh.write_bytes(b"being written")
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
     cache.save("c", {0: torch.zeros(SHAPE)})
     assert not stale.exists() and fresh.exists()
+
+
+def test_clearing_the_cache_removes_only_what_it_wrote(tmp_path):
+    """A model's weights, or anything else, in the cache folder are neither listed nor removed."""
+    from safetensors.torch import save_file
+
+    from motiontransfer import cli
+
+    cache = InversionCache(tmp_path)
+    cache.save("a" * 24, {0: torch.zeros(SHAPE)})
+    save_file({"weight": torch.zeros(2)}, tmp_path / "diffusion_pytorch_model.safetensors")
+    (tmp_path / ".model.safetensors.tmp-1-ab.safetensors").write_bytes(b"someone else's")
+    (tmp_path / ("b" * 24 + ".safetensors")).write_bytes(b"a damaged entry")
+    assert {e.path.name for e in cache.entries()} == {"a" * 24 + ".safetensors", "b" * 24 + ".safetensors"}
+    assert cli.main(["cache", "--cache-dir", str(tmp_path), "--clear"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.safetensors.tmp-1-ab.safetensors",
+                                                          "diffusion_pytorch_model.safetensors"]

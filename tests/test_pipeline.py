@@ -279,3 +279,43 @@ def test_layers_default_to_the_models_and_their_weights_are_checked_against_them
     with pytest.raises(ConfigError, match="layer_weights has 2 entries for 3 layers"):
         motiontransfer.transfer(moving_square(), "a green star", output_dir=False, seed=0, fps=8.0,
                                 layer_weights=(1.0, 2.0), **opts)
+
+
+def test_nan_weights_are_a_clear_error_not_a_black_video(tiny_model, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from motiontransfer.errors import ModelError
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_model, damaged)
+    weights = next((damaged / "unet").glob("*.safetensors"))
+    tensors = load_file(weights)
+    tensors["conv_out.weight"] = torch.full_like(tensors["conv_out.weight"], float("nan"))
+    save_file(tensors, weights)
+    with pytest.raises(ModelError, match="NaN or infinite values.*damaged weights"):
+        motiontransfer.transfer(moving_square(), "a green star", model=str(damaged), output_dir=tmp_path / "out",
+                                steps=3, seed=0, fps=8.0, quiet=True, cache_dir=str(tmp_path / "c"))
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ModelError, match="would be a black video.*damaged weights"):      # no inversion
+        motiontransfer.text_to_video("a green star", model=str(damaged), steps=3, seed=0)
+
+
+def test_a_device_that_is_not_there_is_one_line(opts):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="--device cuda: this machine has no CUDA device"):
+        motiontransfer.transfer(moving_square(), "a green star", output_dir=False, seed=0, fps=8.0, device="cuda",
+                                **opts)
+
+
+def test_run_records_hold_no_bare_nan():
+    from motiontransfer.pipeline import finite_or_none
+
+    record = {"loss": float("nan"), "losses": [1.0, float("inf")], "nested": {"x": -float("inf"), "y": 2}}
+    assert json.loads(json.dumps(finite_or_none(record), allow_nan=False)) == \
+        {"loss": None, "losses": [1.0, None], "nested": {"x": None, "y": 2}}

@@ -10,7 +10,9 @@ what another preset, the file or a flag sets (`explicit_keys`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,13 @@ INVERT_IGNORES = ("guidance_scale", "negative_prompt", "restart", "iterations", 
                   "learning_rate", "layers", "layer_weights", "loss", "init", "lf_factor", "lf_filter",
                   "sdedit_strength", "activations")
 MAX_INVERSION_STEPS = 999    # DDIM's bound (1000 training timesteps); the flow family's grid takes as many
+# Upper bounds of the numbers a flag, a config file, a jobs file or a model folder may set: far above any sane
+# run, low enough that a typo or a hostile folder cannot make a run hang for days or allocate without bound.
+UPPER_BOUNDS = {"frames": 1024, "stride": 10_000, "start": 10_000_000, "width": 8192, "height": 8192,
+                "steps": 1000, "iterations": 1000, "reuse_every": 1000, "learning_rate": 10.0,
+                "guidance_scale": 100.0, "lf_factor": 64, "layer_weights": 1e6}
+MAX_SEED = 2 ** 63 - 1       # what torch.Generator.manual_seed takes
+DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,3})?|mps")
 MESSAGE_LIMIT = 300          # characters of a value quoted in an error message
 
 
@@ -181,6 +190,16 @@ def validate(c: TransferConfig) -> None:
         value = getattr(c, f.name)
         if not _has_type(value, f.type):
             need(False, f"option {f.name} must be {f.type}, got {short(value)} ({type(value).__name__})")
+        numbers = value if isinstance(value, tuple) else (value,)
+        need(all(math.isfinite(v) for v in numbers if isinstance(v, float)),
+             f"--{f.name.replace('_', '-')} must be a finite number, got {short(value)}")
+    for name, high in UPPER_BOUNDS.items():
+        value = getattr(c, name)
+        need(all(v <= high for v in (value if isinstance(value, tuple) else (value,)) if v is not None),
+             f"--{name.replace('_', '-')} must be at most {high:g}, got {short(value)}")
+    need(c.seed is None or 0 <= c.seed <= MAX_SEED, f"--seed must be in 0..{MAX_SEED}, got {short(c.seed)}")
+    need(DEVICE.fullmatch(c.device) is not None,
+         f"--device must be auto, cpu, cuda, cuda:N or mps, got {short(c.device)}")
     need(c.frames is None or c.frames >= 2, f"--frames must be at least 2, got {c.frames}")
     need(c.stride >= 1, f"--stride must be at least 1, got {c.stride}")
     need(c.start >= 0, f"--start must be 0 or more, got {c.start}")
@@ -319,6 +338,10 @@ def resolve(preset: str | None = None, config_file: str | Path | None = None,
     if unknown:
         raise ConfigError(f"unknown option(s): {short(', '.join(unknown))}")
     run = {k: merged.pop(k) for k in list(merged) if k in RUN_KEYS}
+    if not isinstance(run.get("overwrite", False), bool):      # "no" in a YAML file is a string, and truthy
+        raise ConfigError(f"overwrite must be true or false, got {short(run['overwrite'])}")
+    if not isinstance(run.get("output_dir", ""), (str, os.PathLike)) or isinstance(run.get("output_dir"), bool):
+        raise ConfigError(f"output_dir must be a folder path, got {short(run['output_dir'])}")
     try:
         config = TransferConfig(**{k: _coerce(k, v) for k, v in merged.items()})
     except TypeError as e:

@@ -90,7 +90,7 @@ class InversionCache:
     @staticmethod
     def key(frames_digest: str, model_identity: str, settings: dict) -> str:
         blob = json.dumps({"frames": frames_digest, "model": model_identity, **settings}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+        return hashlib.sha256(blob.encode()).hexdigest()[:KEY_CHARS]
 
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.safetensors"
@@ -159,13 +159,22 @@ class InversionCache:
         return path
 
     def entries(self) -> list[CacheEntry]:
-        """Every entry, and every temporary an interrupted write left, oldest first."""
+        """Every entry this cache wrote, and every temporary an interrupted write of one left, oldest first.
+        Other files in the folder (a model's weights, say) are neither listed nor ever removed: an entry is a
+        safetensors file whose metadata names this cache's format, or whose name is a cache key (a damaged
+        entry); a temporary is `atomic_path`'s of such a name."""
         if not self.directory.is_dir():
             return []
         found = []
         for p in self.directory.iterdir():
+            if not p.is_file() or p.is_symlink():
+                continue
             temporary = is_temporary(p)
-            if p.is_file() and (p.suffix == ".safetensors" or temporary):
+            if temporary:
+                ours = is_key(p.name[1:].split(".safetensors.tmp-")[0]) and ".safetensors.tmp-" in p.name
+            else:
+                ours = p.suffix == ".safetensors" and (is_key(p.stem) or written_here(p))
+            if ours:
                 stat = p.stat()
                 found.append(CacheEntry(p, stat.st_size, stat.st_mtime, temporary))
         return sorted(found, key=lambda e: e.modified)
@@ -188,6 +197,25 @@ class InversionCache:
                 entry.path.unlink(missing_ok=True)
                 removed.append(entry)
         return removed
+
+
+KEY_CHARS = 24                              # InversionCache.key: hex digits of a sha256
+
+
+def is_key(name: str) -> bool:
+    """Whether `name` is a cache key (`InversionCache.key`)."""
+    return len(name) == KEY_CHARS and all(c in "0123456789abcdef" for c in name)
+
+
+def written_here(path: Path) -> bool:
+    """Whether the safetensors file `path` is an inversion-cache entry: its metadata names the cache's format
+    (any version). Reads the header only."""
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            meta = file.metadata() or {}
+    except Exception:
+        return False
+    return str(meta.get("format", "")).startswith(FORMAT.split("/")[0] + "/")
 
 
 def manage_cache(cache_dir: str | Path | None = None, *, clear: bool = False, older_than_days: float | None = None,

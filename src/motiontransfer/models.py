@@ -21,7 +21,7 @@ import torch
 from .backbones import Backbone, all_components, family_module
 from .backbones.base import DEFAULT_FPS, ModelDefaults, check_bounds, read_json
 from .backbones.unet3d import DEFAULT_FRAMES, KNOWN_SIZES
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,14 @@ def shipped_model_path() -> Path:
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    """`auto`: CUDA, else MPS, else the CPU; a device asked for must be there (a one-line ConfigError)."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: this machine has no CUDA device (torch {torch.__version__}); leave "
+                          f"--device out or pass --device cpu")
+    if device.startswith("cuda") and ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("--device mps: this machine has no MPS device; leave --device out or pass --device cpu")
     if device != "auto":
         return torch.device(device)
     if torch.cuda.is_available():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import platform
 import re
 import secrets
@@ -31,7 +32,7 @@ from . import __version__
 from .activations import activation_options
 from .backbones import Backbone
 from .config import INVERT_IGNORES, METHOD_OPTIONS, InputLimits, TransferConfig, explicit_keys, resolve, short
-from .errors import ConfigError, OutputError, VideoError
+from .errors import ConfigError, ModelError, OutputError, VideoError
 from .features import FeatureHooks
 from .initialization import initial_latent, sdedit_latent
 from .inversion import InversionCache, invert_latent
@@ -367,6 +368,8 @@ def invert_latents(model: Backbone, frames: np.ndarray, config: TransferConfig, 
         latents = invert_latent(predict, x0, schedule, config.inversion_steps, keep,
                                 solver=config.inversion_solver, progress=progress, callback=step)
     latents = {t: v.to(model.dtype) for t, v in latents.items()}
+    if not all(torch.isfinite(v).all() for v in latents.values()):
+        raise ModelError(f"the inversion of the source holds NaN or infinite values: {model_fault(model)}")
     saved = False
     if config.use_cache:
         try:
@@ -515,6 +518,7 @@ def generate(model: Backbone, source: Video | None, prompts: list[str], config: 
                                             early_stop=config.early_stop, reuse_every=config.reuse_every,
                                             callback=step)
             counts["unet_backward"] += history.backward_passes
+            check_finite(x0, model, history)
             with timer("decode"):
                 frames = model.decode_latents(x0)
             results.append(TransferResult(frames=frames, prompt=prompt, fps=source.fps, seed=config.seed,
@@ -522,6 +526,35 @@ def generate(model: Backbone, source: Video | None, prompts: list[str], config: 
                                           history=history, inversion_cached=bool(inverted and inverted.cached),
                                           source=source.frames))
     return results
+
+
+def check_finite(x0: torch.Tensor, model: Backbone, history: SampleHistory) -> None:
+    """A result latent holding NaN or infinity would decode to a black video: a one-line error instead, saying
+    where it came from (the model's weights, or the guidance's numbers)."""
+    if torch.isfinite(x0).all():
+        return
+    losses = [v for s in history.guided for v in s.losses]
+    if losses and not all(math.isfinite(v) for v in losses):
+        cause = "the guidance loss became NaN or infinite (lower --learning-rate or --guidance-scale)"
+    else:
+        cause = model_fault(model)
+    raise ModelError(f"the result holds NaN or infinite values and would be a black video: {cause}")
+
+
+def model_fault(model: Backbone) -> str:
+    return (f"the model in {model.path} gives NaN or infinite outputs (damaged weights, or a dtype too narrow: "
+            f"try --dtype fp32)")
+
+
+def finite_or_none(value):
+    """JSON has no NaN or infinity: such floats (also in nested lists and dicts) are written as null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    return value
 
 
 def _sampling_progress(on_progress: ProgressFn | None, calls: TargetCalls, total: int, index: int, count: int):
@@ -579,7 +612,7 @@ def write_outputs(directory: Path, result: TransferResult, record: dict, *,
                     min_size=PREVIEW_MIN_SIZE)
         if extra is not None:
             extra(folder)
-        atomic_write_text(folder / "run.json", json.dumps(record, indent=2))
+        atomic_write_text(folder / "run.json", json.dumps(finite_or_none(record), indent=2, allow_nan=False))
 
 
 def transfer(video: str | Path | np.ndarray, prompt: str, *, output_dir: str | Path | None = None,
