@@ -280,3 +280,14 @@ def test_overwrite_in_a_config_file_must_be_a_boolean(tmp_path, value, message):
     path.write_text("output_dir: 123\n")
     with pytest.raises(ConfigError, match="output_dir must be a folder path"):
         resolve(config_file=str(path))
+
+
+def test_a_config_that_is_a_symlink_to_a_device_is_refused_unread(tmp_path):
+    link = tmp_path / "c.yaml"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        resolve(config_file=str(link))
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * 2_000_000)
+    with pytest.raises(ConfigError, match="over 1000 kB"):
+        resolve(config_file=str(big))

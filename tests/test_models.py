@@ -260,3 +260,14 @@ def test_the_reference_negative_prompt_is_not_warned_about(caplog):
     with caplog.at_level("WARNING", logger="motiontransfer.backbones"):
         model.encode_prompts(["a red star", REFERENCE_NEGATIVE_PROMPT])
     assert not [r for r in caplog.records if "does not know" in r.getMessage()]    # ...and not warned about
+
+
+def test_a_model_json_that_is_a_symlink_to_a_device_is_refused_unread(tiny_model, tmp_path):
+    from motiontransfer.errors import ModelError
+
+    other = tmp_path / "model"
+    shutil.copytree(tiny_model, other)
+    (other / "motiontransfer.json").unlink()
+    (other / "motiontransfer.json").symlink_to("/dev/zero")
+    with pytest.raises(ModelError, match="not a regular file"):
+        load_model(str(other), device="cpu")

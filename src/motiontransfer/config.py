@@ -282,20 +282,38 @@ def _coerce(name: str, value):
     return value
 
 
+def read_small_text(path: str | Path, limit: int, what: str, error: type[Exception] = ConfigError) -> str:
+    """The text of a small file a run reads (a config, a jobs file, a model folder's JSON), read without trusting
+    its size: it must be a regular file (a symlink is followed; a device, a pipe or a folder is refused), and at
+    most `limit` bytes are read, the file refused when it holds more. `error(message)` for every refusal."""
+    import stat
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise error(f"{what} {path} is not a regular file (a device, a pipe or a folder?)")
+            data = handle.read(limit + 1)
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise error(f"{what} {path} is a folder; pass a file") from None
+    except OSError as e:
+        raise error(f"{what} {path} cannot be read: {e.strerror or e}") from None
+    if len(data) > limit:
+        raise error(f"{what} {path} is over {limit // 1000} kB; is it the right file?")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{what} {path} is not text (a binary file?)") from None
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"config file {path} is a folder; pass a YAML file")
     try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"config file {path} is over {MAX_CONFIG_BYTES // 1000} kB; is it the right file?")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not text (a binary file?); pass a YAML file") from None
-    except OSError as e:
-        raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
+        data = yaml.safe_load(read_small_text(path, MAX_CONFIG_BYTES, "config file")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {short(str(e))}") from None
     if not isinstance(data, dict):

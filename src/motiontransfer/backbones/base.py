@@ -24,6 +24,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from ..config import read_small_text
 from ..errors import ModelError
 from ..features import FeatureHooks
 from ..schedules import Schedule
@@ -146,11 +147,10 @@ def unknown_words(prompt: str, vocabulary: tuple[str, ...] | None) -> list[str]:
 
 def read_json(path: Path) -> dict:
     """A small JSON object from a model folder; ModelError when it is large, unreadable or not an object."""
+    text = read_small_text(path, MAX_CONFIG_JSON_BYTES, "model file", ModelError)
     try:
-        if path.stat().st_size > MAX_CONFIG_JSON_BYTES:
-            raise ModelError(f"{path} is over {MAX_CONFIG_JSON_BYTES // 1000} kB; a model config is a few kB")
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+        data = json.loads(text)
+    except ValueError as e:
         raise ModelError(f"cannot read {path} ({type(e).__name__}); the model folder is damaged") from None
     if not isinstance(data, dict):
         raise ModelError(f"{path} must hold a JSON object")
