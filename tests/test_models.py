@@ -271,3 +271,24 @@ def test_a_model_json_that_is_a_symlink_to_a_device_is_refused_unread(tiny_model
     (other / "motiontransfer.json").symlink_to("/dev/zero")
     with pytest.raises(ModelError, match="not a regular file"):
         load_model(str(other), device="cpu")
+
+
+@pytest.mark.parametrize("component, change, message", [
+    ("scheduler/scheduler_config.json", {"num_train_timesteps": 10 ** 10}, "num_train_timesteps"),
+    ("scheduler/scheduler_config.json", {"num_train_timesteps": 0}, "num_train_timesteps"),
+    ("scheduler/scheduler_config.json", {"beta_schedule": "nope"}, "beta_schedule = nope is not one of"),
+    ("scheduler/scheduler_config.json", {"prediction_type": ["epsilon"]}, "prediction_type"),
+    ("tokenizer/tokenizer_config.json", {"model_max_length": 1e9}, "model_max_length"),
+    ("tokenizer/tokenizer_config.json", {"model_max_length": 1000}, "model_max_length"),
+])
+def test_damaged_model_configs_are_one_line(tiny_model, tmp_path, component, change, message):
+    import json
+
+    from motiontransfer.errors import ModelError
+
+    other = tmp_path / "model"
+    shutil.copytree(tiny_model, other)
+    path = other / component
+    path.write_text(json.dumps(json.loads(path.read_text()) | change))
+    with pytest.raises(ModelError, match=message):
+        load_model(str(other), device="cpu")

@@ -213,8 +213,25 @@ def load_error(path: Path, error: Exception) -> ModelError:
     return ModelError(f"cannot load the model in {path}: {first}")
 
 
+SCHEDULER_FIELDS = {"beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
+                    "prediction_type": ("epsilon", "v_prediction", "sample", "flow_prediction")}
+
+
 def scheduler_config(path: Path) -> dict:
+    """scheduler/scheduler_config.json, checked: the step count in range, the schedule and prediction kinds
+    diffusers knows, a positive finite shift."""
     found = sorted((path / "scheduler").glob("*.json"))
     if not found:
         raise ModelError(f"model folder {path} is incomplete: scheduler/ has no scheduler_config.json")
-    return read_json(found[0])
+    config = read_json(found[0])
+    check_bounds(found[0], {"num_train_timesteps": (config.get("num_train_timesteps", 1000), 1, 100_000)})
+    for key, allowed in SCHEDULER_FIELDS.items():
+        if key in config and config[key] not in allowed:
+            raise ModelError(f"{found[0]}: {key} = {str(config[key])[:40]} is not one of {', '.join(allowed)}; "
+                             f"the model folder is damaged")
+    for key in ("flow_shift", "shift"):
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0 < value < 1000):
+            raise ModelError(f"{found[0]}: {key} = {str(value)[:40]} must be a number in (0, 1000)")
+    return config

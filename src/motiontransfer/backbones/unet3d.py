@@ -58,6 +58,13 @@ def check_folder(path: Path, allow_unsafe: bool) -> dict[str, bool]:
     safe = check_weights(path, WEIGHTS, allow_unsafe)
     if not any((path / "tokenizer").glob("*.json")):
         raise ModelError(f"model folder {path} is incomplete: tokenizer/ has no vocabulary")
+    tokenizer_config = path / "tokenizer" / "tokenizer_config.json"
+    if tokenizer_config.is_file():          # prompts are padded to this length: it must fit the text encoder
+        positions = read_json(path / "text_encoder" / "config.json").get("max_position_embeddings", 77)
+        length = read_json(tokenizer_config).get("model_max_length", positions)
+        check_bounds(tokenizer_config, {"model_max_length": (int(length) if isinstance(length, float)
+                                                             and length.is_integer() else length,
+                                                             1, positions if isinstance(positions, int) else 77)})
     return safe
 
 
