@@ -319,3 +319,9 @@ def test_run_records_hold_no_bare_nan():
     record = {"loss": float("nan"), "losses": [1.0, float("inf")], "nested": {"x": -float("inf"), "y": 2}}
     assert json.loads(json.dumps(finite_or_none(record), allow_nan=False)) == \
         {"loss": None, "losses": [1.0, None], "nested": {"x": None, "y": 2}}
+
+
+@pytest.mark.parametrize("fps", [float("nan"), 0.0, -8.0, float("inf")])
+def test_fps_must_be_a_positive_finite_rate(opts, fps):
+    with pytest.raises(ConfigError, match="--fps must be a number"):
+        motiontransfer.transfer(moving_square(), "a green star", output_dir=False, seed=0, fps=fps, **opts)

@@ -175,11 +175,50 @@ def test_invalid_selection(tmp_path, kwargs):
         read_video(index_folder(tmp_path / "f", 3), **kwargs)
 
 
-def test_folder_frames_of_different_sizes(tmp_path):
+def test_folder_frames_of_different_sizes_are_fitted_like_the_first(tmp_path, caplog):
+    """Issue 27, item 14: every frame is resized to the model anyway; one line says so."""
     directory = index_folder(tmp_path / "f", 3)
-    Image.fromarray(np.zeros((5, 5, 3), np.uint8)).save(directory / "0003.png")
-    with pytest.raises(VideoError, match="one size"):
-        read_video(directory)
+    Image.fromarray(np.full((5, 5, 3), 200, np.uint8)).save(directory / "0003.png")
+    with caplog.at_level("WARNING"):
+        video = read_video(directory)
+    first = video.frames[0]
+    assert video.frames.shape[1:] == first.shape and (video.frames[-1] == 200).all()
+    assert caplog.text.count("resized to the first's") == 1
+
+
+def test_truncated_gif_and_latin1_metadata_are_handled(tmp_path):
+    from motiontransfer.video import write_video
+
+    frames = np.zeros((4, 16, 16, 3), np.uint8)
+    frames[:, 4:8, 4:8] = 255
+    write_video(tmp_path / "a.gif", frames, 8.0)
+    data = (tmp_path / "a.gif").read_bytes()
+    (tmp_path / "cut.gif").write_bytes(data[:len(data) * 2 // 3])
+    try:
+        read_video(tmp_path / "cut.gif")
+    except VideoError:
+        pass                                           # a clear error is fine, a traceback is not
+    import av
+
+    path = tmp_path / "latin1.mp4"
+    with av.open(str(path), "w") as container:
+        container.metadata["title"] = "caf\xe9"
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    raw = path.read_bytes()
+    assert "caf\xe9".encode() in raw
+    path.write_bytes(raw.replace("caf\xe9".encode(), b"caf\xe9\xe9", 1))      # Latin-1 bytes, same length
+    assert read_video(path).frames.shape == (4, 16, 16, 3)
+
+
+def test_too_few_frames_for_any_transfer_says_so(tmp_path):
+    with pytest.raises(VideoError, match="at least 2 frames"):
+        read_video(index_folder(tmp_path / "f", 3), frames=2, start=2)
 
 
 # ------------------------------------------------------------------------------------------------ resizing

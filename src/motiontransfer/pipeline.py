@@ -203,6 +203,8 @@ def check_source(video, config: TransferConfig, fps: float | None) -> None:
     """Cheap checks of the source and of the options that select from it, before the model loads: the path
     exists and has a readable type; `start`/`stride` need a file (slice an array yourself); `fps` is for arrays
     and image folders, whose frames carry no rate."""
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 1000):
+        raise ConfigError(f"--fps must be a number in (0, 1000], got {short(fps)}")
     if isinstance(video, (str, Path)):
         path = Path(video)
         if not path.exists():

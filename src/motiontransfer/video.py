@@ -161,8 +161,26 @@ def _check_count(request: _Request, available: int) -> None:
                          f"Pass --start {max(available - 1, 0)} or lower.")
     needed = _needed(frames, stride, start)
     if needed is not None and available < needed and not request.allow_fewer:
+        fix = f"Pass --frames {selectable} or fewer, or a lower --stride." if selectable >= MIN_FRAMES else \
+            f"A transfer needs at least {MIN_FRAMES} frames: pass a lower --start or --stride, or a longer clip."
         raise VideoError(f"{path.name} has {available} frames; {needed} are needed (start {start}, stride {stride}). "
-                         f"Pass --frames {selectable} or fewer, or a lower --stride.")
+                         f"{fix}")
+
+
+MIN_FRAMES = 2               # what a transfer takes at least (config.validate: --frames)
+
+
+def _fit_to_first(path: Path, index: int, frame: np.ndarray, first: np.ndarray, noted: list) -> np.ndarray:
+    """An image of a folder of another size than the first is resized to the first's (every frame is fitted to
+    the model afterwards anyway); said once per folder."""
+    if frame.shape == first.shape:
+        return frame
+    if not noted:
+        noted.append(index)
+        logger.warning("%s: frame %d is %dx%d but the first frame is %dx%d; frames of other sizes are resized to "
+                       "the first's", path.name, index, frame.shape[1], frame.shape[0], first.shape[1],
+                       first.shape[0])
+    return cv2.resize(frame, (first.shape[1], first.shape[0]), interpolation=cv2.INTER_AREA)
 
 
 def _check_size(path: Path, index: int, frame: np.ndarray, first: np.ndarray) -> None:
@@ -183,7 +201,7 @@ def _read_container(request: _Request) -> tuple[list[np.ndarray], float]:
     selected: list[np.ndarray] = []
     count = 0
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), metadata_errors="replace") as container:     # a Latin-1 title is no error
             if not container.streams.video:
                 raise VideoError(f"{path} holds no video stream (audio only, or not a video); pass a video file.")
             stream = container.streams.video[0]
@@ -199,7 +217,7 @@ def _read_container(request: _Request) -> tuple[list[np.ndarray], float]:
                 count += 1
                 if needed is not None and count >= needed:
                     break
-    except (av.FFmpegError, OSError, EOFError) as error:
+    except (av.FFmpegError, OSError, EOFError, UnicodeDecodeError) as error:
         raise _undecodable(path, error) from error
     if count == 0:
         raise VideoError(f"{path} has a video stream but no frame could be decoded; check that it plays, "
@@ -234,8 +252,8 @@ def _read_gif(request: _Request) -> tuple[list[np.ndarray], float]:
                     _check_size(path, index, selected[-1], selected[0])
     except Image.DecompressionBombError as error:
         raise _bomb(path, error) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as error:  # Pillow's decoding errors
-        raise _undecodable(path, error) from error
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as error:  # Pillow's decoding errors; a
+        raise _undecodable(path, error) from error                        # truncated GIF fails to count frames
     return selected, 1000.0 / float(np.mean(durations))
 
 
@@ -259,7 +277,7 @@ def _read_folder(request: _Request) -> tuple[list[np.ndarray], float]:
     _check_count(request, len(files))
     indices = range(start, len(files), stride)[:frames]
     request.check_file_size(sum(files[i].stat().st_size for i in indices))
-    selected = []
+    selected, noted = [], []
     for index in indices:
         try:
             with Image.open(files[index]) as image:     # the header only, until the pixels are asked for
@@ -270,7 +288,7 @@ def _read_folder(request: _Request) -> tuple[list[np.ndarray], float]:
         except (OSError, SyntaxError, ValueError) as error:
             raise VideoError(f"{files[index]} could not be decoded ({error}); check that it opens in an image "
                              f"viewer, or export it again.") from error
-        _check_size(path, index, selected[-1], selected[0])
+        selected[-1] = _fit_to_first(path, index, selected[-1], selected[0], noted)
     return selected, FOLDER_FPS
 
 
