@@ -375,3 +375,20 @@ def test_describe_fit_says_what_is_kept(policy, size, expected, hint):
 def test_describe_fit_with_a_region():
     text = video.describe_fit(768, 576, 64, 64, "crop", (100, 200, 160, 160))
     assert text == "region 160x160 at (100, 200) of 768x576; resized to 64x64 (0.4x)"
+
+
+def test_frames_are_fitted_as_they_are_decoded(tmp_path):
+    """`fit` runs on each frame as it comes (one source-sized frame held at a time); the source's size is kept."""
+    from motiontransfer.video import write_video
+
+    frames = np.random.default_rng(0).integers(0, 255, (6, 48, 64, 3), dtype=np.uint8)
+    write_video(tmp_path / "a.gif", frames, 8.0)
+    seen = []
+
+    def fit(frame):
+        seen.append(frame.shape)
+        return frame[::4, ::4]
+
+    video = read_video(tmp_path / "a.gif", fit=fit)
+    assert seen == [(48, 64, 3)] * 6 and video.frames.shape == (6, 12, 16, 3) and video.size == (64, 48)
+    np.testing.assert_array_equal(video.frames, read_video(tmp_path / "a.gif").frames[:, ::4, ::4])

@@ -167,9 +167,9 @@ def load_source(video: str | Path | Video | np.ndarray, config: TransferConfig, 
     with fewer frames than `config.frames` gives the longest count the model takes (said in the fit line)."""
     if isinstance(video, np.ndarray):
         video = Video(frames=video, fps=fps, source="<array>")
-    elif not isinstance(video, Video):
+    elif not isinstance(video, Video):           # each frame fitted as it is decoded: one source frame at a time
         video = read_video(video, frames=config.frames, stride=config.stride, start=config.start, limits=limits,
-                           allow_fewer=shorter is not None)
+                           allow_fewer=shorter is not None, fit=lambda frame: fit_frames(frame[None], config)[0])
     frames = video.frames[:config.frames]
     notes = []
     if len(frames) < config.frames and shorter is not None and shorter(len(frames)) >= 2:
@@ -178,16 +178,24 @@ def load_source(video: str | Path | Video | np.ndarray, config: TransferConfig, 
         frames = frames[:shorter(len(frames))]
     if len(frames) < config.frames and not notes:
         raise ConfigError(f"the video has {len(frames)} frames; {config.frames} are needed")
-    height_in, width_in = frames.shape[1:3]
-    if config.region is not None:
-        frames = crop_region(frames, config.region)
-    if config.region is not None or frames.shape[1:3] != (config.height, config.width):
+    width_in, height_in = video.size or frames.shape[1:3][::-1]
+    if video.size is None:
+        frames = fit_frames(frames, config)
+    if config.region is not None or (height_in, width_in) != (config.height, config.width):
         notes.append(describe_fit(width_in, height_in, config.width, config.height, config.resize, config.region))
-        frames = resize_frames(frames, config.width, config.height, config.resize)
     fit = "; ".join(notes)
     if fit:
         logger.info("%s", fit)
     return Video(frames=frames, fps=video.fps, source=video.source, fit=fit)
+
+
+def fit_frames(frames: np.ndarray, config: TransferConfig) -> np.ndarray:
+    """(F, H, W, 3) source frames cut to `config.region` and brought to the model's size (`config.resize`)."""
+    if config.region is not None:
+        frames = crop_region(frames, config.region)
+    if config.region is not None or frames.shape[1:3] != (config.height, config.width):
+        frames = resize_frames(frames, config.width, config.height, config.resize)
+    return frames
 
 
 def read_source(video, config: TransferConfig, model: Backbone, explicit: set[str], fps: float | None,

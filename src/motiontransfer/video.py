@@ -26,10 +26,10 @@ import shlex
 import shutil
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import av
 import cv2
@@ -57,17 +57,21 @@ class Video:
     fps: float              # frames per second of `frames`: the source rate divided by the stride
     source: str             # the path it was read from
     fit: str = ""           # how it was cropped and resized to the model's frame, in words ("" if untouched)
+    size: tuple[int, int] | None = None     # (width, height) of the source's frames when `frames` were fitted
 
 
 # --------------------------------------------------------------------------------------------------- reading
 
 def read_video(path: str | os.PathLike, *, frames: int | None = None, stride: int = 1, start: int = 0,
-               limits: InputLimits | None = None, allow_fewer: bool = False) -> Video:
+               limits: InputLimits | None = None, allow_fewer: bool = False,
+               fit: Callable[[np.ndarray], np.ndarray] | None = None) -> Video:
     """Read frames `start, start + stride, ...` of a video file, gif or image folder; `frames` of them, or all.
 
     Only the frames up to the last one taken are decoded. `limits` (default `InputLimits()`) are checked from the
     file's size and header before any frame is decoded, and again as frames come. With `allow_fewer`, a source
-    with fewer than `frames` selectable frames gives what it has instead of an error.
+    with fewer than `frames` selectable frames gives what it has instead of an error. `fit`, when given, is applied
+    to each frame as it is decoded (the crop and resize to a model's size), so that only one frame of the source's
+    size is held at a time; `Video.size` keeps the source's (width, height).
     The returned fps is the source's rate divided by `stride` (an image folder counts as `FOLDER_FPS`).
     Raises `VideoError` when the path is missing, unsupported, undecodable, over a limit or holds too few frames.
     """
@@ -91,12 +95,13 @@ def read_video(path: str | os.PathLike, *, frames: int | None = None, stride: in
         raise VideoError(unsupported_type(path))
     if frames is not None:
         _limit(path, "frames", frames, limits.max_frames, "--max-frames")
-    request = _Request(path, frames, stride, start, limits, allow_fewer)
+    request = _Request(path, frames, stride, start, limits, allow_fewer, fit)
     with warnings.catch_warnings():         # the limits above replace Pillow's decompression-bomb warning
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         selected, source_fps = reader(request)
     logger.debug("read %d frames of %s (start %d, stride %d)", len(selected), path, start, stride)
-    return Video(frames=np.stack(selected), fps=source_fps / stride, source=str(path))
+    size = (request.first_shape[1], request.first_shape[0]) if fit is not None else None
+    return Video(frames=np.stack(selected), fps=source_fps / stride, source=str(path), size=size)
 
 
 def unsupported_type(path: Path) -> str | None:
@@ -122,6 +127,28 @@ class _Request:
     start: int
     limits: InputLimits
     allow_fewer: bool
+    fit: Callable[[np.ndarray], np.ndarray] | None = None
+    first_shape: tuple | None = None                 # of the first raw frame taken
+    noted: list = field(default_factory=list)        # frames of another size were seen (said once)
+
+    def take(self, selected: list, index: int, frame: np.ndarray, resize_others: bool = False) -> None:
+        """Adds a decoded frame (H, W, 3) uint8 to `selected`, fitted by `fit` at once (so only one raw frame is
+        held at a time). A frame of another size than the first is an error, or with `resize_others` (an image
+        folder) resized to the first's size, said once."""
+        if self.first_shape is None:
+            self.first_shape = frame.shape
+        elif frame.shape != self.first_shape:
+            if not resize_others:
+                raise VideoError(f"{self.path.name}: frame {index} is {frame.shape[1]}x{frame.shape[0]} but the "
+                                 f"first frame is {self.first_shape[1]}x{self.first_shape[0]}; bring all frames "
+                                 f"to one size.")
+            if not self.noted:
+                self.noted.append(index)
+                logger.warning("%s: frame %d is %dx%d but the first frame is %dx%d; frames of other sizes are "
+                               "resized to the first's", self.path.name, index, frame.shape[1], frame.shape[0],
+                               self.first_shape[1], self.first_shape[0])
+            frame = cv2.resize(frame, (self.first_shape[1], self.first_shape[0]), interpolation=cv2.INTER_AREA)
+        selected.append(frame if self.fit is None else self.fit(frame))
 
     def count(self, available: int) -> int:
         """How many frames will be taken from `available` source frames."""
@@ -170,25 +197,6 @@ def _check_count(request: _Request, available: int) -> None:
 MIN_FRAMES = 2               # what a transfer takes at least (config.validate: --frames)
 
 
-def _fit_to_first(path: Path, index: int, frame: np.ndarray, first: np.ndarray, noted: list) -> np.ndarray:
-    """An image of a folder of another size than the first is resized to the first's (every frame is fitted to
-    the model afterwards anyway); said once per folder."""
-    if frame.shape == first.shape:
-        return frame
-    if not noted:
-        noted.append(index)
-        logger.warning("%s: frame %d is %dx%d but the first frame is %dx%d; frames of other sizes are resized to "
-                       "the first's", path.name, index, frame.shape[1], frame.shape[0], first.shape[1],
-                       first.shape[0])
-    return cv2.resize(frame, (first.shape[1], first.shape[0]), interpolation=cv2.INTER_AREA)
-
-
-def _check_size(path: Path, index: int, frame: np.ndarray, first: np.ndarray) -> None:
-    if frame.shape != first.shape:
-        raise VideoError(f"{path.name}: frame {index} is {frame.shape[1]}x{frame.shape[0]} but the first frame is "
-                         f"{first.shape[1]}x{first.shape[0]}; bring all frames to one size.")
-
-
 def _undecodable(path: Path, error: Exception) -> VideoError:
     return VideoError(f"{path} could not be decoded ({_clip(str(error), 200)}); check that it plays, or re-encode it "
                       f"with `ffmpeg -i {shlex.quote(str(path))} -c:v libx264 -pix_fmt yuv420p fixed.mp4`.")
@@ -212,8 +220,7 @@ def _read_container(request: _Request) -> tuple[list[np.ndarray], float]:
             for frame in container.decode(stream):
                 if count >= start and (count - start) % stride == 0:
                     request.check_frame(frame.width, frame.height, len(selected) + 1)
-                    selected.append(frame.to_ndarray(format="rgb24"))
-                    _check_size(path, count, selected[-1], selected[0])
+                    request.take(selected, count, frame.to_ndarray(format="rgb24"))
                 count += 1
                 if needed is not None and count >= needed:
                     break
@@ -248,8 +255,7 @@ def _read_gif(request: _Request) -> tuple[list[np.ndarray], float]:
                 duration = image.info.get("duration", 0)
                 durations.append(duration if duration > 10 else 1000.0 / GIF_FPS)
                 if index in indices:
-                    selected.append(_pil_to_rgb(image))
-                    _check_size(path, index, selected[-1], selected[0])
+                    request.take(selected, index, _pil_to_rgb(image))
     except Image.DecompressionBombError as error:
         raise _bomb(path, error) from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as error:  # Pillow's decoding errors; a
@@ -277,18 +283,18 @@ def _read_folder(request: _Request) -> tuple[list[np.ndarray], float]:
     _check_count(request, len(files))
     indices = range(start, len(files), stride)[:frames]
     request.check_file_size(sum(files[i].stat().st_size for i in indices))
-    selected, noted = [], []
+    selected = []
     for index in indices:
         try:
             with Image.open(files[index]) as image:     # the header only, until the pixels are asked for
                 request.check_frame(*image.size, len(indices))
-                selected.append(_pil_to_rgb(ImageOps.exif_transpose(image)))
+                frame = _pil_to_rgb(ImageOps.exif_transpose(image))
         except Image.DecompressionBombError as error:
             raise _bomb(files[index], error) from None
         except (OSError, SyntaxError, ValueError) as error:
             raise VideoError(f"{files[index]} could not be decoded ({error}); check that it opens in an image "
                              f"viewer, or export it again.") from error
-        selected[-1] = _fit_to_first(path, index, selected[-1], selected[0], noted)
+        request.take(selected, index, frame, resize_others=True)
     return selected, FOLDER_FPS
 
 
