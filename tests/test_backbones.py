@@ -135,7 +135,7 @@ def test_wan_transfer_is_deterministic_and_the_cache_changes_nothing(wan, tmp_pa
     assert not np.array_equal(first.frames, other.frames)
     record = first.record
     assert record["config"]["guidance_scale"] == 5.0 and record["config"]["layers"] == ["blocks.1"]
-    assert record["config"]["negative_prompt"] == "" and first.fps == 16
+    assert record["config"]["negative_prompt"] == "" and first.fps == 16 and record["model"]["family"] == "wan"
     assert [g["step"] for g in record["guidance"]] == [0, 1]
 
 

@@ -593,7 +593,7 @@ def new_counts() -> dict[str, int]:
 def run_record(result: TransferResult, model: Backbone, video_source: str, fit: str = "") -> dict:
     return {
         "prompt": result.prompt, "source": video_source, "fit": fit, "seed": result.seed, "fps": result.fps,
-        "config": result.config.to_dict(), "model": {"path": str(model.path), "identity": model.identity},
+        "config": result.config.to_dict(), "model": {"path": str(model.path), "identity": model.identity, "family": model.family},
         "device": str(model.device), "dtype": str(model.dtype), "versions": versions(),
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()}, "counts": result.counts,
         "inversion_cached": result.inversion_cached,
