@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (MemoryError, RuntimeError) as e:
+    except Exception as e:               # out of memory, however the allocator says it; anything else is a bug
         if not _is_oom(e) or args.debug:
             raise
         print("error: out of memory; try fewer --frames, --dtype fp16 or bf16, a lower --width/--height, or "
@@ -484,8 +484,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate",
+             "insufficient memory", "std::bad_alloc")     # torch's CUDA and CPU allocators, OpenCV, the C++ runtime
+
+
 def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, MemoryError) or "out of memory" in str(e).lower()
+    return isinstance(e, MemoryError) or any(w in str(e).lower() for w in OOM_WORDS)
 
 
 def _quiet_libraries() -> None:
