@@ -111,3 +111,29 @@ def test_ray_tasks_on_a_local_cluster_give_the_same_outputs(jobs_file, tmp_path)
         assert ray.is_initialized()
     finally:
         ray.shutdown()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xcc\xdd binary", "not text"), (None, "is a folder"),
+    ("jobs: [{name: x, video: a.mp4, prompts: 5}]", "prompts must be a list"),
+    ("jobs: [{name: x, video: a.mp4, prompt: p, options: [1, 2]}]", "must be a mapping"),
+    ("jobs: [{name: " + "n" * 300 + ", video: a.mp4, prompt: p}]", "not a folder name"),
+    ("jobs: [{name: \"a\\0b\", video: a.mp4, prompt: p}]", "not a folder name"),
+    ("jobs: [{name: x, video: a.mp4, prompt: p, options: {output_dir: /tmp, overwrite: true}}]", "the batch decides"),
+    ("options: {quiet: true}\njobs: [{name: x, video: a.mp4, prompt: p}]", "the batch decides"),
+    ("tracker: {a: 1}\njobs: [{name: x, video: a.mp4, prompt: p}]", "tracker in"),
+    ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+     "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+     "jobs: [{name: x, video: a.mp4, prompts: *d}]", "unknown key"),
+    ("jobs: [{name: x, video: a.mp4, prompts: [[[*a]]]}]\na: &a [1]", "not valid YAML|prompts must be"),
+])
+def test_hostile_jobs_files_are_one_line(tmp_path, content, message):
+    path = tmp_path / "jobs.yaml"
+    if content is None:
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_jobs(path)

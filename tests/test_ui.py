@@ -75,6 +75,17 @@ def test_run_errors_are_messages(app, clip, tmp_path):
         app.run(str(bad), "a red star", numbers={"steps": 2})
 
 
+@pytest.mark.parametrize("numbers, message", [
+    ({"steps": float("nan")}, "steps must be a whole number"), ({"seed": 1e30}, "seed must be a whole number"),
+    ({"guidance_scale": float("inf")}, "guidance scale must be a finite number"),
+    ({"iterations": "3"}, "iterations must be a whole number"), ({"steps": 2.5}, "steps must be a whole number")])
+def test_page_numbers_that_are_not_numbers_are_messages(app, clip, numbers, message):
+    with pytest.raises(MotionTransferError, match=message):
+        app.run(str(clip), "a red star", numbers=numbers)
+    with pytest.raises(MotionTransferError, match="start must be a whole number"):
+        app.preview(str(clip), start=float("nan"), stride=1, frames=0)
+
+
 def test_options_at_their_defaults_leave_the_presets_and_models_values(app):
     options = app.options_for(numbers={"seed": 0, "steps": 25, "iterations": 10, "guidance_scale": 10.0})
     assert options == {"cache_dir": app.options["cache_dir"], "start": 0, "stride": 1, "seed": 0, "model": app.model}

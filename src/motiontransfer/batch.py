@@ -31,6 +31,7 @@ import csv
 import io
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from typing import Any
 
 import yaml
 
+from .config import read_small_text, short
 from .errors import ConfigError, MotionTransferError
 
 logger = logging.getLogger(__name__)
@@ -59,18 +61,22 @@ def load_jobs(path: str | Path, options: dict | None = None) -> list[Job]:
     """Reads a jobs file; `options` (the command line's) go over the file's and under each job's own."""
     path = Path(path)
     try:
-        spec = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"jobs file {path} does not exist") from None
+        spec = yaml.safe_load(read_small_text(path, MAX_JOBS_BYTES, "jobs file"))
     except yaml.YAMLError as e:
-        raise ConfigError(f"jobs file {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"jobs file {path} is not valid YAML: {short(str(e))}") from None
     if isinstance(spec, list):
         spec = {"jobs": spec}
     if not isinstance(spec, dict) or not isinstance(spec.get("jobs"), list) or not spec["jobs"]:
         raise ConfigError(f"jobs file {path} needs a list of jobs (`jobs:`), each with a video and prompts")
     unknown = set(spec) - {"jobs", "options", "tracker"}
     if unknown:
-        raise ConfigError(f"unknown key(s) in {path}: {', '.join(sorted(unknown))}")
+        raise ConfigError(f"unknown key(s) in {path}: {short(', '.join(sorted(map(str, unknown))))}")
+    if len(spec["jobs"]) > MAX_JOBS:
+        raise ConfigError(f"jobs file {path} lists {len(spec['jobs'])} jobs; at most {MAX_JOBS} per file")
+    _need_options(spec.get("options"), f"options of {path}")
+    tracker = spec.get("tracker", "lk")
+    if not isinstance(tracker, str):
+        raise ConfigError(f"tracker in {path} must be a name, got {short(tracker)}")
     shared = {**(spec.get("options") or {}), **(options or {})}
     jobs, names = [], set()
     for i, j in enumerate(spec["jobs"]):
@@ -78,19 +84,44 @@ def load_jobs(path: str | Path, options: dict | None = None) -> list[Job]:
             raise ConfigError(f"job {i} in {path} must be a mapping with video and prompts")
         unknown = set(j) - {"name", "video", "prompt", "prompts", "options"}
         if unknown:
-            raise ConfigError(f"unknown key(s) in job {i} of {path}: {', '.join(sorted(unknown))}")
-        name = str(j.get("name", f"job-{i:02d}"))
-        if name in names or "/" in name or name in ("", ".", ".."):
-            raise ConfigError(f"job name {name!r} in {path} is repeated or not a folder name")
+            raise ConfigError(f"unknown key(s) in job {i} of {path}: {short(', '.join(sorted(map(str, unknown))))}")
+        name = j.get("name", f"job-{i:02d}")
+        if not isinstance(name, (str, int)) or isinstance(name, bool):
+            raise ConfigError(f"job {i} in {path}: name must be text, got {short(name)}")
+        name = str(name)
+        if name in names or not NAME.fullmatch(name) or name in (".", ".."):
+            raise ConfigError(f"job name {short(name)} in {path} is repeated or not a folder name (letters, digits, "
+                              f"'.', '-', '_'; at most 100)")
         names.add(name)
         prompts = j.get("prompts", [j["prompt"]] if "prompt" in j else [])
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if "video" not in j or not prompts:
-            raise ConfigError(f"job {name} in {path} needs a video and at least one prompt")
-        jobs.append(Job(name=name, video=str((path.parent / str(j["video"])).resolve()),
-                        prompts=tuple(str(p) for p in prompts), options={**shared, **(j.get("options") or {})},
-                        tracker=str(spec.get("tracker", "lk"))))
+        prompts = [prompts] if isinstance(prompts, str) else prompts
+        if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts) or len(prompts) > MAX_PROMPTS:
+            raise ConfigError(f"job {name} in {path}: prompts must be a list of at most {MAX_PROMPTS} texts, got "
+                              f"{short(prompts)}")
+        if not isinstance(j.get("video"), str) or not prompts:
+            raise ConfigError(f"job {name} in {path} needs a video (a path) and at least one prompt")
+        _need_options(j.get("options"), f"job {name} in {path}")
+        jobs.append(Job(name=name, video=str((path.parent / j["video"]).resolve()), prompts=tuple(prompts),
+                        options={**shared, **(j.get("options") or {})}, tracker=tracker))
     return jobs
+
+
+MAX_JOBS_BYTES = 1_000_000        # a jobs file of thousands of jobs is well under this
+MAX_JOBS, MAX_PROMPTS = 10_000, 100
+NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+JOB_RUN_KEYS = ("output_dir", "overwrite", "quiet")   # the batch decides these: where each job goes, and that it
+
+
+def _need_options(options, where: str) -> None:      # replaces its own unfinished folders
+    """Options of a jobs file: a mapping of TransferConfig fields (checked by the transfer), not the run's own."""
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise ConfigError(f"options of {where} must be a mapping of option: value, got {short(options)}")
+    taken = sorted(set(map(str, options)) & set(JOB_RUN_KEYS))
+    if taken:
+        raise ConfigError(f"{where} sets {', '.join(taken)}, which the batch decides (--output-dir; results are "
+                          f"never overwritten, an unfinished job is redone)")
 
 
 def run_job(job: Job, output_dir: str | Path, quiet: bool = True) -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -96,11 +97,12 @@ class App:
 
         if not video:
             return [], "Upload a video or pick an example."
-        count = int(frames) or self.defaults.frames
+        start, stride = page_number("start", start, True), page_number("stride", stride, True)
+        count = page_number("frames", frames, True) or self.defaults.frames
         try:
-            v = read_video(video, frames=count, stride=int(stride), start=int(start))
+            v = read_video(video, frames=count, stride=stride, start=start)
         except VideoError:                   # too few frames: show what there is, then say so (or raise the rest)
-            v = read_video(video, stride=int(stride), start=int(start))
+            v = read_video(video, stride=stride, start=start)
         shown = [_enlarge(f) for f in v.frames]
         note = (f"{len(v.frames)} frames of {v.frames.shape[2]}x{v.frames.shape[1]} at {v.fps:g} fps; the model "
                 f"takes {count} at {self.defaults.width}x{self.defaults.height}")
@@ -114,9 +116,10 @@ class App:
                     init: str = AUTO, loss: str = AUTO, numbers: dict[str, float] | None = None) -> dict[str, Any]:
         """The TransferConfig fields a run passes on: the page's values, less those at the config's default."""
         defaults = TransferConfig()
-        options = {**self.options, "start": int(start), "stride": int(stride)}
-        if int(frames):
-            options["frames"] = int(frames)
+        options = {**self.options, "start": page_number("start", start, True),
+                   "stride": page_number("stride", stride, True)}
+        if page_number("frames", frames, True):
+            options["frames"] = page_number("frames", frames, True)
         if source_prompt and source_prompt.strip():
             options["source_prompt"] = source_prompt.strip()
         if init != AUTO:
@@ -126,7 +129,7 @@ class App:
         for name, value in (numbers or {}).items():
             if value is None:
                 continue
-            value = int(value) if isinstance(getattr(defaults, name), int) or name == "seed" else float(value)
+            value = page_number(name, value, isinstance(getattr(defaults, name), int) or name == "seed")
             if value != getattr(defaults, name):
                 options[name] = value
         if self.model is not None:
@@ -291,6 +294,20 @@ def _progress_text(progress: Callable[[float, str], None]):
             text += f", guidance loss {e.loss:.4f}"
         progress(e.step / e.total, text)
     return on_event
+
+
+def page_number(name: str, value, whole: bool) -> int | float:
+    """A number field of the page (Gradio gives floats, a raw request anything): finite, and whole where the
+    option is an integer; a ConfigError in one line otherwise, before anything runs."""
+    from .errors import ConfigError
+
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or abs(value) > 2 ** 63 - 1 or (whole and float(value) != int(value)):
+        kind = "a whole number" if whole else "a finite number"
+        raise ConfigError(f"{name.replace('_', ' ')} must be {kind}, got {repr(value)[:40]}")
+    return int(value) if whole else float(value)
 
 
 def serve(model: str | None = None, *, host: str = "127.0.0.1", port: int = 7860,
