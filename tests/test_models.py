@@ -292,3 +292,29 @@ def test_damaged_model_configs_are_one_line(tiny_model, tmp_path, component, cha
     path.write_text(json.dumps(json.loads(path.read_text()) | change))
     with pytest.raises(ModelError, match=message):
         load_model(str(other), device="cpu")
+
+
+@pytest.mark.parametrize("victim", ["tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json",
+                                    "unet/config.json"])
+def test_a_component_file_that_is_a_device_is_refused_before_anything_reads_it(tiny_model, tmp_path, victim):
+    from motiontransfer.errors import ModelError
+
+    other = tmp_path / "model"
+    shutil.copytree(tiny_model, other)
+    (other / victim).unlink()
+    (other / victim).symlink_to("/dev/zero")
+    with pytest.raises(ModelError, match="not a regular file"):
+        load_model(str(other), device="cpu")
+
+
+def test_a_damaged_tokenizer_file_is_one_line(tiny_model, tmp_path):
+    import json
+
+    from motiontransfer.errors import ModelError
+
+    other = tmp_path / "model"
+    shutil.copytree(tiny_model, other)
+    (other / "tokenizer" / "tokenizer.json").write_text(json.dumps({"model": {}}))
+    (other / "tokenizer" / "vocab.json").unlink()
+    with pytest.raises(ModelError, match="cannot load the model"):
+        load_model(str(other), device="cpu")

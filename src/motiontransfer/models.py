@@ -94,7 +94,7 @@ def model_identity(path: Path) -> str:
     """A short hash naming the weights: component configs, weight file names and sizes, and each weight
     file's first MiB (its safetensors header and first tensors). Stable across copies of the folder."""
     h = hashlib.sha256()
-    for c in family_module(path).COMPONENTS:
+    for c in family_module(path).COMPONENTS:         # regular files of sane size: the family's check_folder
         for f in sorted((path / c).glob("*")):
             if f.suffix == ".json" or f.suffix == ".txt":
                 h.update(f.name.encode())

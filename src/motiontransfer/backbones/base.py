@@ -190,11 +190,34 @@ def check_weights(path: Path, components: tuple[str, ...], allow_unsafe: bool) -
     return safe
 
 
+MAX_SMALL_FILE_BYTES = 64_000_000       # a tokenizer.json or vocabulary (umt5's is 16 MB); weights are not "small"
+
+
 def check_components(path: Path, components: tuple[str, ...]) -> None:
+    """Every component folder is there, and every file in them is a regular file (a symlink to a device or a
+    pipe would be read without end by the loaders) and, unless weights, of a sane size."""
+    import stat
+
     missing = [c for c in components if not (path / c).is_dir()]
     if missing:
         raise ModelError(f"model folder {path} is incomplete: missing {', '.join(m + '/' for m in missing)}; "
                          f"a text-to-video checkpoint needs {', '.join(c + '/' for c in components)}")
+    for c in components:
+        for f in (path / c).iterdir():
+            try:
+                mode = f.stat().st_mode
+            except OSError:
+                raise ModelError(f"{f} cannot be read (a broken link?); the model folder is damaged") from None
+            if stat.S_ISDIR(mode):
+                continue
+            if not stat.S_ISREG(mode):
+                raise ModelError(f"{f} is not a regular file (a device or a pipe?); the model folder is damaged")
+            if f.suffix not in WEIGHT_SUFFIXES and f.stat().st_size > MAX_SMALL_FILE_BYTES:
+                raise ModelError(f"{f} is over {MAX_SMALL_FILE_BYTES // 1_000_000} MB; a config or tokenizer file "
+                                 f"is far smaller: the model folder is damaged")
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt", ".gguf")
 
 
 def check_memory(path: Path, estimate: int, fields: str) -> None:
@@ -207,7 +230,7 @@ def check_memory(path: Path, estimate: int, fields: str) -> None:
 
 def load_error(path: Path, error: Exception) -> ModelError:
     """The one-line ModelError for a component that failed to load (out-of-memory errors are re-raised)."""
-    if isinstance(error, RuntimeError) and "out of memory" in str(error).lower():
+    if isinstance(error, MemoryError) or (isinstance(error, RuntimeError) and "out of memory" in str(error).lower()):
         raise error
     first = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
     return ModelError(f"cannot load the model in {path}: {first}")
