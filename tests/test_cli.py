@@ -423,3 +423,9 @@ def test_score_prints_two_sided_motion_fidelity_and_writes_json(tmp_path, capsys
     assert code == 0 and json.loads(out)["motion_fidelity"] < 0.3
     code, _, err = run(capsys, "score", tmp_path / "a.mp4", tmp_path / "b.mp4", "--tracker", "cotracker")
     assert code != 0 and err.startswith("error:") and len(err.strip().splitlines()) == 1
+
+
+def test_control_characters_in_messages_are_escaped(tmp_path, capsys):
+    name = tmp_path / "\x1b[31mred\x1b[0m.mp4"
+    code, _, err = run(capsys, "transfer", name, "--prompt", "a star")
+    assert code == 2 and "\x1b" not in err and "\\x1b[31mred" in err

@@ -471,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     except MotionTransferError as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(str(e))}", file=sys.stderr)
         return 2
     except Exception as e:               # out of memory, however the allocator says it; anything else is a bug
         if not _is_oom(e) or args.debug:
@@ -486,6 +486,12 @@ def main(argv: list[str] | None = None) -> int:
 
 OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate",
              "insufficient memory", "std::bad_alloc")     # torch's CUDA and CPU allocators, OpenCV, the C++ runtime
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (ANSI escapes in a file name, a NUL) shown escaped, not sent to the
+    terminal."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 def _is_oom(e: BaseException) -> bool:
