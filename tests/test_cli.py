@@ -429,3 +429,20 @@ def test_control_characters_in_messages_are_escaped(tmp_path, capsys):
     name = tmp_path / "\x1b[31mred\x1b[0m.mp4"
     code, _, err = run(capsys, "transfer", name, "--prompt", "a star")
     assert code == 2 and "\x1b" not in err and "\\x1b[31mred" in err
+
+
+@pytest.mark.parametrize("what", ["missing", "not a video"])
+def test_a_bad_input_is_told_before_torch_loads(tmp_path, what):
+    """Issue 27, item 13: the first error a newcomer meets comes in a fraction of the libraries' load time."""
+    path = tmp_path / "clip.mp4"
+    if what == "not a video":
+        path.write_text("not a video")
+    code = ("import sys\nfrom motiontransfer import cli\nrc = cli.main(sys.argv[1:])\n"
+            "print(rc, sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)}
+    for command in ("transfer", "invert", "analyze"):
+        argv = [command, str(path)] + (["--prompt", "x"] if command == "transfer" else [])
+        done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env,
+                              timeout=60)
+        assert done.stdout.strip().splitlines()[-1] == "2 []", done.stderr
+        assert ("does not exist" if what == "missing" else "could not be decoded") in done.stderr

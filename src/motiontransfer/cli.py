@@ -172,6 +172,11 @@ def _run_options(args) -> dict:
 # --------------------------------------------------------------------------------------------------- commands
 
 def cmd_transfer(args) -> int:
+    from .video import check_input
+
+    check_input(args.video)                   # a missing or broken input says so before the libraries load
+    if not args.debug:
+        _quiet_libraries()
     from .pipeline import transfer_many
 
     for r in transfer_many(args.video, args.prompt, **_run_options(args), **_method_options(args)):
@@ -180,6 +185,11 @@ def cmd_transfer(args) -> int:
 
 
 def cmd_invert(args) -> int:
+    from .video import check_input
+
+    check_input(args.video)                   # a missing or broken input says so before the libraries load
+    if not args.debug:
+        _quiet_libraries()
     from .pipeline import invert
 
     opts = _run_options(args)
@@ -190,6 +200,11 @@ def cmd_invert(args) -> int:
 
 
 def cmd_analyze(args) -> int:
+    from .video import check_input
+
+    check_input(args.video)                   # a missing or broken input says so before the libraries load
+    if not args.debug:
+        _quiet_libraries()
     from .pipeline import analyze
 
     for r in analyze(args.video, target=args.target, seeds=args.seeds, **_run_options(args), **_method_options(args)):
@@ -324,13 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_options(p)
     _add_limit_options(p)
     _add_output_options(p)
-    p.set_defaults(func=cmd_transfer)
+    p.set_defaults(func=cmd_transfer, checks_input=True)
 
     p = sub.add_parser("invert", parents=[common], help="DDIM-invert a video into the cache only")
     p.add_argument("video")
     _add_method_options(p)
     _add_limit_options(p)
-    p.set_defaults(func=cmd_invert)
+    p.set_defaults(func=cmd_invert, checks_input=True)
 
     p = sub.add_parser("analyze", parents=[common], help="feature inversion (paper Eq. 1), one video per seed")
     p.add_argument("video")
@@ -339,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_options(p)
     _add_limit_options(p)
     _add_output_options(p)
-    p.set_defaults(func=cmd_analyze)
+    p.set_defaults(func=cmd_analyze, checks_input=True)
 
     p = sub.add_parser("score", parents=[common], help="motion fidelity of an edited video against its source")
     p.add_argument("original", type=Path)
@@ -465,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("diffusers", "transformers", "huggingface_hub", "PIL", "matplotlib", "httpx", "ray"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.debug else logging.ERROR)
     try:
-        if not args.debug:
+        if not args.debug and not getattr(args, "checks_input", False):
             _quiet_libraries()
         return args.func(args)
     except MotionTransferError as e:

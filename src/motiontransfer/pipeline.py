@@ -32,7 +32,7 @@ from . import __version__
 from .activations import activation_options
 from .backbones import Backbone
 from .config import INVERT_IGNORES, METHOD_OPTIONS, InputLimits, TransferConfig, explicit_keys, resolve, short
-from .errors import ConfigError, ModelError, OutputError, VideoError
+from .errors import ConfigError, ModelError, OutputError
 from .features import FeatureHooks
 from .initialization import initial_latent, sdedit_latent
 from .inversion import InversionCache, invert_latent
@@ -40,8 +40,8 @@ from .losses import motion_loss, reduce_source
 from .models import load_model
 from .sampling import SampleHistory, guided_sample, guided_steps
 from .schedules import Schedule
-from .video import (Video, atomic_path, atomic_write_text, crop_region, describe_fit, folder_lock, frames_digest,
-                    is_temporary, read_video, remove_stale_temporaries, resize_frames, side_by_side, unsupported_type,
+from .video import (Video, atomic_path, atomic_write_text, check_input, crop_region, describe_fit, folder_lock,
+                    frames_digest, is_temporary, read_video, remove_stale_temporaries, resize_frames, side_by_side,
                     write_frames, write_video)
 
 logger = logging.getLogger(__name__)
@@ -215,11 +215,7 @@ def check_source(video, config: TransferConfig, fps: float | None) -> None:
         raise ConfigError(f"--fps must be a number in (0, 1000], got {short(fps)}")
     if isinstance(video, (str, Path)):
         path = Path(video)
-        if not path.exists():
-            raise VideoError(f"{video} does not exist")
-        unsupported = unsupported_type(path)
-        if unsupported:
-            raise VideoError(unsupported)
+        check_input(path)
         if fps is not None and not path.is_dir():
             raise ConfigError(f"--fps sets the rate of an image folder; {path.name} has its own, so --fps would do "
                               f"nothing: leave it out (--stride changes the rate)")

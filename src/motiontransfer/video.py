@@ -114,6 +114,34 @@ def unsupported_type(path: Path) -> str | None:
             f"pass a {supported} file or a folder of images.")
 
 
+def check_input(path: str | os.PathLike) -> None:
+    """The cheap checks of an input, before any library or model loads (a second, not ten): it exists, has a
+    readable type, and its header opens: a container with a video stream, a GIF, or a folder with images.
+    Raises the VideoError `read_video` would."""
+    path = Path(path)
+    if not path.exists():
+        raise VideoError(f"{path} does not exist; check the path.")
+    unsupported = unsupported_type(path)
+    if unsupported:
+        raise VideoError(unsupported)
+    if path.is_dir():
+        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
+            raise VideoError(f"{path} holds no images; put numbered {', '.join(IMAGE_SUFFIXES)} frames in it.")
+        return
+    try:
+        if path.suffix.lower() == GIF_SUFFIX:
+            with Image.open(path):
+                pass
+            return
+        with av.open(str(path), metadata_errors="replace") as container:
+            if not container.streams.video:
+                raise VideoError(f"{path} holds no video stream (audio only, or not a video); pass a video file.")
+    except VideoError:
+        raise
+    except Exception as error:              # whatever the container or image library says of a broken header
+        raise _undecodable(path, error) from None
+
+
 def _clip(text: str, limit: int = 80) -> str:
     """`text` cut to `limit` characters for an error message (inputs can be arbitrarily long)."""
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
