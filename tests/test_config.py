@@ -291,3 +291,9 @@ def test_a_config_that_is_a_symlink_to_a_device_is_refused_unread(tmp_path):
     big.write_text("# " + "x" * 2_000_000)
     with pytest.raises(ConfigError, match="over 1000 kB"):
         resolve(config_file=str(big))
+
+
+def test_a_preset_that_is_not_a_name_is_one_line(tmp_path):
+    path = write_yaml(tmp_path / "c.yaml", {"preset": [1, 2]})
+    with pytest.raises(ConfigError, match="unknown preset"):
+        resolve(config_file=path)

@@ -346,7 +346,7 @@ def resolve(preset: str | None = None, config_file: str | Path | None = None,
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     preset = overrides.pop("preset", None) or preset or file_values.pop("preset", None) or "default"
     file_values.pop("preset", None)
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise ConfigError(f"unknown preset {short(preset)}; choose one of {', '.join(PRESETS)}")
     merged: dict[str, Any] = dict(PRESETS[preset])
     merged.update(file_values)

@@ -303,8 +303,8 @@ def page_number(name: str, value, whole: bool) -> int | float:
 
     if value is None:
         return 0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or abs(value) > 2 ** 63 - 1 or (whole and float(value) != int(value)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or abs(value) > 2 ** 63 - 1 \
+            or not math.isfinite(value) or (whole and float(value) != int(value)):
         kind = "a whole number" if whole else "a finite number"
         raise ConfigError(f"{name.replace('_', ' ')} must be {kind}, got {repr(value)[:40]}")
     return int(value) if whole else float(value)

@@ -242,6 +242,9 @@ def _read_container(request: _Request) -> tuple[list[np.ndarray], float]:
                 raise VideoError(f"{path} holds no video stream (audio only, or not a video); pass a video file.")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate
+            if stream.codec_context is None:
+                raise VideoError(f"{path}'s video stream has no decoder (a damaged header?); re-encode it with "
+                                 f"ffmpeg.")
             width, height = stream.codec_context.width, stream.codec_context.height
             declared = request.count(stream.frames) if stream.frames else (frames or 1)
             request.check_frame(width, height, declared)

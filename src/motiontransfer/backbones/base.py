@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..config import read_small_text
-from ..errors import ModelError
+from ..errors import ModelError, MotionTransferError
 from ..features import FeatureHooks
 from ..schedules import Schedule
 
@@ -238,6 +238,23 @@ def load_error(path: Path, error: Exception) -> ModelError:
 
 SCHEDULER_FIELDS = {"beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
                     "prediction_type": ("epsilon", "v_prediction", "sample", "flow_prediction")}
+
+
+def check_loaded(path: Path, tokenizer, text_encoder, schedule) -> None:
+    """What only the loaded components tell: the tokenizer's ids fit the text encoder's embedding table (a
+    special token added in tokenizer_config.json gets a new id), and the scheduler config builds a schedule."""
+    vocab = getattr(text_encoder.config, "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise ModelError(f"the tokenizer in {path / 'tokenizer'} has {len(tokenizer)} tokens but the text encoder "
+                         f"only {vocab} embeddings (a special token added in tokenizer_config.json?); the model "
+                         f"folder is damaged")
+    try:
+        schedule(10)
+    except MotionTransferError:
+        raise
+    except Exception as e:               # diffusers' own checks of a config field
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ModelError(f"{path / 'scheduler'}: its config cannot make a schedule ({first})") from None
 
 
 def scheduler_config(path: Path) -> dict:

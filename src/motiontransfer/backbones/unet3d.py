@@ -21,8 +21,8 @@ from ..config import DEFAULT_LAYERS, REFERENCE_NEGATIVE_PROMPT
 from ..errors import ConfigError, ModelError
 from ..features import FeatureHooks
 from ..schedules import DDIMSchedule
-from .base import (BackboneBase, ModelDefaults, check_bounds, check_components, check_memory, check_weights, load_error,
-                   read_json, scheduler_config)
+from .base import (BackboneBase, ModelDefaults, check_bounds, check_components, check_loaded, check_memory,
+                   check_weights, load_error, read_json, scheduler_config)
 
 logger = logging.getLogger(__name__)
 
@@ -275,5 +275,8 @@ def load(path: Path, *, safe: dict[str, bool], device: torch.device, dtype: torc
         raise load_error(path, e) from None
     for m in (unet, vae, text_encoder):
         m.requires_grad_(False).eval().to(device)
-    return UNet3DBackbone(path=path, identity=identity, defaults=defaults, device=device, dtype=dtype, unet=unet,
-                          vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler_config=config)
+    backbone = UNet3DBackbone(path=path, identity=identity, defaults=defaults, device=device, dtype=dtype,
+                              unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                              scheduler_config=config)
+    check_loaded(path, tokenizer, text_encoder, backbone.schedule)
+    return backbone

@@ -34,8 +34,8 @@ from torch import nn
 from ..errors import ConfigError, ModelError
 from ..features import FeatureHooks
 from ..schedules import FlowSchedule
-from .base import (BackboneBase, ModelDefaults, check_bounds, check_components, check_memory, check_weights, load_error,
-                   read_json, scheduler_config)
+from .base import (BackboneBase, ModelDefaults, check_bounds, check_components, check_loaded, check_memory,
+                   check_weights, load_error, read_json, scheduler_config)
 
 logger = logging.getLogger(__name__)
 
@@ -333,6 +333,8 @@ def load(path: Path, *, safe: dict[str, bool], device: torch.device, dtype: torc
         raise load_error(path, e) from None
     for m in (transformer, vae, text_encoder):
         m.requires_grad_(False).eval().to(device)
-    return WanBackbone(path=path, identity=identity, defaults=defaults, device=device, dtype=dtype,
-                       transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                       scheduler_config=config)
+    backbone = WanBackbone(path=path, identity=identity, defaults=defaults, device=device, dtype=dtype,
+                           transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                           scheduler_config=config)
+    check_loaded(path, tokenizer, text_encoder, backbone.schedule)
+    return backbone
