@@ -325,3 +325,13 @@ def test_run_records_hold_no_bare_nan():
 def test_fps_must_be_a_positive_finite_rate(opts, fps):
     with pytest.raises(ConfigError, match="--fps must be a number"):
         motiontransfer.transfer(moving_square(), "a green star", output_dir=False, seed=0, fps=fps, **opts)
+
+
+@pytest.mark.parametrize("prompts, message", [(["x" * 3000], "at most 2000 characters"),
+                                              (["a\x00b"], "without NUL"), (["a"] * 101, "at most 100")])
+def test_prompts_are_bounded(opts, prompts, message):
+    with pytest.raises(ConfigError, match=message):
+        motiontransfer.transfer_many(moving_square(), prompts, output_dir=False, seed=0, fps=8.0, **opts)
+    with pytest.raises(ConfigError, match="--source-prompt must be text of at most"):
+        motiontransfer.transfer(moving_square(), "a star", output_dir=False, source_prompt="y" * 3000, fps=8.0,
+                                **opts)

@@ -86,6 +86,13 @@ def test_page_numbers_that_are_not_numbers_are_messages(app, clip, numbers, mess
         app.preview(str(clip), start=float("nan"), stride=1, frames=0)
 
 
+def test_prompts_of_the_page_are_capped_in_count_and_length(app, clip):
+    with pytest.raises(MotionTransferError, match="at most 8"):
+        app.run(str(clip), "\n".join(f"a red star {i}" for i in range(9)))
+    with pytest.raises(MotionTransferError, match="characters; at most 4,000"):
+        app.run(str(clip), "x" * 1_000_000)
+
+
 def test_options_at_their_defaults_leave_the_presets_and_models_values(app):
     options = app.options_for(numbers={"seed": 0, "steps": 25, "iterations": 10, "guidance_scale": 10.0})
     assert options == {"cache_dir": app.options["cache_dir"], "start": 0, "stride": 1, "seed": 0, "model": app.model}

@@ -57,6 +57,7 @@ MAX_INVERSION_STEPS = 999    # DDIM's bound (1000 training timesteps); the flow 
 UPPER_BOUNDS = {"frames": 1024, "stride": 10_000, "start": 10_000_000, "width": 8192, "height": 8192,
                 "steps": 1000, "iterations": 1000, "reuse_every": 1000, "learning_rate": 10.0,
                 "guidance_scale": 100.0, "lf_factor": 64, "layer_weights": 1e6}
+MAX_PROMPT_CHARS = 2000      # a text encoder reads 77 (CLIP) to 512 (UMT5) tokens: far less than this
 MAX_SEED = 2 ** 63 - 1       # what torch.Generator.manual_seed takes
 DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,3})?|mps")
 MESSAGE_LIMIT = 300          # characters of a value quoted in an error message
@@ -198,6 +199,10 @@ def validate(c: TransferConfig) -> None:
         need(all(v <= high for v in (value if isinstance(value, tuple) else (value,)) if v is not None),
              f"--{name.replace('_', '-')} must be at most {high:g}, got {short(value)}")
     need(c.seed is None or 0 <= c.seed <= MAX_SEED, f"--seed must be in 0..{MAX_SEED}, got {short(c.seed)}")
+    for name in ("source_prompt", "negative_prompt"):
+        text = getattr(c, name)
+        need(text is None or (len(text) <= MAX_PROMPT_CHARS and "\x00" not in text),
+             f"--{name.replace('_', '-')} must be text of at most {MAX_PROMPT_CHARS} characters without NUL")
     need(DEVICE.fullmatch(c.device) is not None,
          f"--device must be auto, cpu, cuda, cuda:N or mps, got {short(c.device)}")
     need(c.frames is None or c.frames >= 2, f"--frames must be at least 2, got {c.frames}")

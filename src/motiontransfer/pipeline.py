@@ -31,7 +31,8 @@ import torch
 from . import __version__
 from .activations import activation_options
 from .backbones import Backbone
-from .config import INVERT_IGNORES, METHOD_OPTIONS, InputLimits, TransferConfig, explicit_keys, resolve, short
+from .config import (INVERT_IGNORES, MAX_PROMPT_CHARS, METHOD_OPTIONS, InputLimits, TransferConfig, explicit_keys,
+                     resolve, short)
 from .errors import ConfigError, ModelError, OutputError
 from .features import FeatureHooks
 from .initialization import initial_latent, sdedit_latent
@@ -652,8 +653,9 @@ def transfer_many(video: str | Path | np.ndarray, prompts: list[str], *, output_
     if isinstance(prompts, str):
         raise TypeError("transfer_many takes a list of prompts; use transfer for one")
     prompts = list(prompts)
-    if not prompts or any(not p or not p.strip() for p in prompts):
+    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
         raise ConfigError("the prompt is empty; say what the new video should show, e.g. --prompt \"a red star\"")
+    check_prompts(prompts)
     cfg, run, explicit = _config(preset, config, options)
     output_dir = run.get("output_dir", output_dir)
     overwrite = bool(run.get("overwrite", overwrite))
@@ -680,11 +682,26 @@ def transfer_many(video: str | Path | np.ndarray, prompts: list[str], *, output_
     return results
 
 
+MAX_PROMPTS = 100                # per run (each is a whole sampling run)
+
+
+def check_prompts(prompts: list[str]) -> None:
+    """Prompts a run takes: at most `MAX_PROMPTS`, each at most `MAX_PROMPT_CHARS` characters of text without
+    NUL (a megabyte of text would hold the tokenizer for minutes and say nothing more)."""
+    if len(prompts) > MAX_PROMPTS:
+        raise ConfigError(f"{len(prompts)} prompts in one run; at most {MAX_PROMPTS} (use a batch jobs file)")
+    for p in prompts:
+        if not isinstance(p, str) or len(p) > MAX_PROMPT_CHARS or "\x00" in p:
+            raise ConfigError(f"a prompt must be text of at most {MAX_PROMPT_CHARS} characters without NUL; got "
+                              f"{short(p)} ({len(p) if isinstance(p, str) else type(p).__name__} characters)")
+
+
 def text_to_video(prompt: str, *, quiet: bool = True, config: TransferConfig | None = None,
                   **options) -> TransferResult:
     """Plain generation from the prompt: random initial latent, no guidance, no source video (the baseline)."""
     if not prompt or not prompt.strip():
         raise ConfigError("the prompt is empty")
+    check_prompts([prompt])
     cfg = (config or TransferConfig()).replace(**options, init="random", iterations=0)
     model = get_model(cfg)
     cfg = fill_from_model(cfg, model, set(options) | {"init", "iterations"})

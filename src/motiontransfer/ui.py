@@ -39,6 +39,8 @@ PREVIEW_SIZE = 96                            # pixels: preview frames smaller th
 NUMBER_OPTIONS = (("seed", "seed"), ("sampling steps", "steps"), ("guidance scale", "guidance_scale"),
                   ("Adam iterations per guided step", "iterations"))
 AUTO = "model / preset default"
+MAX_RUN_PROMPTS = 8                          # prompts of one run of the page (each is a whole sampling run)
+MAX_PROMPT_FIELD = 4000                      # characters in the prompts field
 
 
 @dataclass
@@ -152,9 +154,15 @@ class App:
 
         if not video:
             raise MotionTransferError("no video: upload one or pick an example")
+        if len(prompts or "") > MAX_PROMPT_FIELD:
+            raise MotionTransferError(f"the prompts are {len(prompts):,} characters; at most {MAX_PROMPT_FIELD:,} "
+                                      f"(one prompt per line, up to {MAX_RUN_PROMPTS})")
         prompt_list = [p.strip() for p in (prompts or "").splitlines() if p.strip()]
         if not prompt_list:
             raise MotionTransferError("no target prompt: write at least one (one per line)")
+        if len(prompt_list) > MAX_RUN_PROMPTS:
+            raise MotionTransferError(f"{len(prompt_list)} prompts; a run of the page takes at most "
+                                      f"{MAX_RUN_PROMPTS} (a batch jobs file takes more)")
         options = self.options_for(start, stride, frames, source_prompt, init, loss, numbers)
         name = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(prompt_list[0], 30)}"
         out, k = self.output_dir / name, 1
