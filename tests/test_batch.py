@@ -137,3 +137,14 @@ def test_hostile_jobs_files_are_one_line(tmp_path, content, message):
         path.write_text(content)
     with pytest.raises(ConfigError, match=message):
         load_jobs(path)
+
+
+def test_a_second_batch_on_the_same_folder_stops_at_once(jobs_file, tmp_path):
+    from motiontransfer.errors import OutputError
+    from motiontransfer.video import folder_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with folder_lock(out):                               # as a first batch holds it
+        with pytest.raises(OutputError, match="another run"):
+            run_batch(jobs_file, out)

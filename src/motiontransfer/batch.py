@@ -162,33 +162,50 @@ def run_batch(jobs_file: str | Path, output_dir: str | Path, *, options: dict | 
     writes summary.csv / summary.md. Returns one record per job (status done, skipped or failed)."""
     from .engine import run_tasks
 
+    from .video import folder_lock
+
     jobs = load_jobs(jobs_file, options)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    records: dict[str, dict] = {}
-    todo = []
-    for job in jobs:
-        done = out / job.name / "job.json"
-        if done.exists():
-            records[job.name] = {**json.loads(done.read_text()), "status": "skipped"}
-            logger.info("%s: done before, skipped", job.name)
-        else:
-            todo.append(job)
-    write_summary(out, [records[j.name] for j in jobs if j.name in records])
-    for (job, _, _), outcome in run_tasks(_run_job_task, [(j, str(out), quiet) for j in todo],
-                                          ray_address=ray_address, num_gpus=num_gpus, ray_init=ray_init):
-        if isinstance(outcome, BaseException):
-            message = str(outcome) if isinstance(outcome, MotionTransferError) else \
-                f"{type(outcome).__name__}: {outcome}"
-            records[job.name] = {"job": job.name, "video": job.video, "status": "failed",
-                                 "error": message.strip().splitlines()[-1] if message.strip() else message,
-                                 "results": [{"prompt": p} for p in job.prompts]}
-            logger.warning("%s failed: %s", job.name, records[job.name]["error"])
-        else:
-            records[job.name] = outcome
-            logger.info("%s done in %.1f s", job.name, outcome["seconds"])
+    with folder_lock(out):               # one batch a folder: a second one stops at once, in one line
+        records: dict[str, dict] = {}
+        todo = []
+        for job in jobs:
+            done = _done(out, job)
+            if done is not None:
+                records[job.name] = {**done, "status": "skipped"}
+                logger.info("%s: done before, skipped", job.name)
+            else:
+                todo.append(job)
         write_summary(out, [records[j.name] for j in jobs if j.name in records])
+        for (job, _, _), outcome in run_tasks(_run_job_task, [(j, str(out), quiet) for j in todo],
+                                              ray_address=ray_address, num_gpus=num_gpus, ray_init=ray_init):
+            if isinstance(outcome, BaseException):
+                message = str(outcome) if isinstance(outcome, MotionTransferError) else \
+                    f"{type(outcome).__name__}: {outcome}"
+                records[job.name] = {"job": job.name, "video": job.video, "status": "failed",
+                                     "error": message.strip().splitlines()[-1] if message.strip() else message,
+                                     "results": [{"prompt": p} for p in job.prompts]}
+                logger.warning("%s failed: %s", job.name, records[job.name]["error"])
+            else:
+                records[job.name] = outcome
+                logger.info("%s done in %.1f s", job.name, outcome["seconds"])
+            for name, rec in records.items():      # what the folder holds wins: a job done on disk is done
+                on_disk = _done(out, name)
+                if on_disk is not None and rec["status"] != "skipped":
+                    records[name] = on_disk
+            write_summary(out, [records[j.name] for j in jobs if j.name in records])
     return [records[j.name] for j in jobs]
+
+
+def _done(out: Path, job) -> dict | None:
+    """The record of a job (or job name) done in `out`: its job.json, when it is there and whole."""
+    path = out / getattr(job, "name", job) / "job.json"
+    try:
+        record = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("status") == "done" else None
 
 
 def summary_rows(records: list[dict]) -> list[dict]:
