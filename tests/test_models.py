@@ -337,3 +337,18 @@ def test_configs_that_only_the_loaded_components_refuse_are_one_line(tiny_model,
     path.write_text(json.dumps(json.loads(path.read_text()) | change))
     with pytest.raises(ModelError, match=message):
         load_model(str(other), device="cpu")
+
+
+def test_a_missing_tokenizer_config_or_a_strange_pipeline_name_is_one_line(tiny_model, tmp_path):
+    import json
+
+    from motiontransfer.errors import ModelError
+
+    other = tmp_path / "model"
+    shutil.copytree(tiny_model, other)
+    (other / "tokenizer" / "tokenizer_config.json").unlink()
+    with pytest.raises(ModelError, match="pads prompts to"):
+        load_model(str(other), device="cpu")
+    (other / "model_index.json").write_text(json.dumps({"_class_name": {}}))
+    with pytest.raises(ModelError, match="does not run|pads prompts"):
+        load_model(str(other), device="cpu")

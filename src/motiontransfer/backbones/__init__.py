@@ -28,6 +28,7 @@ def family_of(path: Path) -> str:
     components (`MARKERS`), else `DEFAULT_FAMILY` (whose folder check then names what is missing)."""
     index = path / "model_index.json"
     name = read_json(index).get("_class_name") if index.is_file() else None
+    name = name if isinstance(name, str) else None if name is None else repr(name)
     if name in PIPELINE_FAMILIES:
         return PIPELINE_FAMILIES[name]
     if name is not None and any((path / c).is_dir() for c in MARKERS):

@@ -243,6 +243,11 @@ SCHEDULER_FIELDS = {"beta_schedule": ("linear", "scaled_linear", "squaredcos_cap
 def check_loaded(path: Path, tokenizer, text_encoder, schedule) -> None:
     """What only the loaded components tell: the tokenizer's ids fit the text encoder's embedding table (a
     special token added in tokenizer_config.json gets a new id), and the scheduler config builds a schedule."""
+    positions = getattr(text_encoder.config, "max_position_embeddings", None)     # CLIP's; UMT5 has none
+    if positions is not None and tokenizer.model_max_length > positions:
+        raise ModelError(f"the tokenizer in {path / 'tokenizer'} pads prompts to {tokenizer.model_max_length:.0f} "
+                         f"tokens but the text encoder reads {positions} (tokenizer_config.json missing or "
+                         f"damaged?); the model folder is damaged")
     vocab = getattr(text_encoder.config, "vocab_size", None)
     if vocab is not None and len(tokenizer) > vocab:
         raise ModelError(f"the tokenizer in {path / 'tokenizer'} has {len(tokenizer)} tokens but the text encoder "
