@@ -167,11 +167,29 @@ def markdown(title: str, header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def output_dir(doc: str, argv: list[str] | None) -> Path:
+    """The `--output-dir` of a memory benchmark's command line (default runs/memory); the counting then runs on
+    one thread."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=Path("runs/memory"), help="where to write (runs/memory)")
-    args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    return parser.parse_args(argv).output_dir
+
+
+def option_records(options: list[tuple[str, dict, dict]]) -> list[dict]:
+    """The rows of an options table as the JSON record keeps them: name, options and numbers, not the cells."""
+    return [{"name": n, "options": o, **{k: v for k, v in r.items() if k != "cells"}} for n, o, r in options]
+
+
+def save(directory: Path, name: str, record: dict, text: str) -> None:
+    """The record as `name`.json and the tables as `name`.md in `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.json").write_text(json.dumps(record, indent=1, default=str))
+    (directory / f"{name}.md").write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    output = output_dir(__doc__, argv)
     start = time.perf_counter()
 
     options = [(name, dict(DEFAULT, **changes), row(dict(DEFAULT, **changes), 24)) for name, changes in OPTIONS]
@@ -202,17 +220,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import diffusers
     import transformers
-    record = {"options": [{"name": n, "options": o, **{k: v for k, v in r.items() if k != "cells"}}
-                          for n, o, r in options],
+    record = {"options": option_records(options),
               "sweeps": {k: [{kk: vv for kk, vv in r.items() if kk != "cells"} for r in v] for k, v in sweeps.items()},
               "saved_by_block": blocks, "cpu_check": checks, "budget_bytes": BUDGET, "seconds": seconds,
               "shape": {"frames": 24, "height": 320, "width": 576, "dtype": "fp16"},
               "versions": {"motiontransfer": __version__, "torch": torch.__version__,
                            "diffusers": diffusers.__version__, "transformers": transformers.__version__,
                            "python": platform.python_version()}}
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "memory_zeroscope.json").write_text(json.dumps(record, indent=1, default=str))
-    (args.output_dir / "memory_zeroscope.md").write_text(text)
+    save(output, "memory_zeroscope", record, text)
     return 0
 
 

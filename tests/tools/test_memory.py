@@ -1,7 +1,8 @@
-"""Memory counts: the meta-device counts equal what a real CPU run holds; the options lower the estimates and the
-meta model is left as found."""
+"""Memory counts: the meta-device counts equal what a real CPU run holds, for either family; the options lower the
+estimates and the meta model is left as found."""
 
 import contextlib
+import dataclasses
 
 import pytest
 import torch
@@ -14,8 +15,11 @@ from motiontransfer.features import FeatureHooks
 from motiontransfer.losses import motion_loss
 from motiontransfer.activations import checkpoint_blocks
 from motiontransfer.backbones.unet3d import unet_checkpoint_units
-from motiontransfer.tools.memory import (LiveBytes, SavedTensorCounter, cpu_allocator_peak, estimate_guided_iteration,
-                                         estimate_run, fused_attention, meta_model)
+from motiontransfer.errors import ConfigError
+from motiontransfer.tools.memory import (CHECK_CASES, PHASES, PLAIN_PHASES, LiveBytes, SavedTensorCounter,
+                                         cpu_allocator_peak, cpu_check, estimate_guided_iteration, estimate_run,
+                                         fused_attention, meta_model)
+from motiontransfer.tools.meta import TINY_WAN, frozen, meta_backbone
 
 # The tiny UNet3D of conftest.build_tiny_model: ZeroScope's block types, (8, 16, 16) channels.
 TINY_UNET = dict(sample_size=8, block_out_channels=(8, 16, 16), layers_per_block=1,
@@ -147,3 +151,59 @@ def test_run_estimate_takes_the_largest_phase():
     offload = estimate_run(**kw, cpu_offload=True)
     assert offload["peak"] < run["peak"]
     assert offload["phases"]["decode"]["weights"] < run["phases"]["decode"]["weights"]
+
+
+# ------------------------------------------------------------------------------------------- Wan family
+
+@pytest.mark.parametrize("attention", ["sdpa-fused", "sdpa-math"])
+@pytest.mark.parametrize("case", CHECK_CASES)
+def test_wan_counts_on_meta_equal_a_real_cpu_run(case, attention):
+    try:
+        r = cpu_check(TINY_WAN, 17, 64, 64, case, attention=attention)
+    except RuntimeError as e:                       # a torch whose profiler gives no allocation events
+        pytest.skip(str(e))
+    assert r["saved_cpu"] == r["saved_meta"] and (r["saved_cpu"] is None) == (case != "guided step")
+    assert r["peak_cpu_ops"] == r["peak_meta"] > 0      # the same ops and lifetimes on both devices
+    assert r["peak_meta"] <= r["peak_cpu"]               # the CPU kernels' own scratch comes on top
+
+
+def test_fused_attention_takes_q_k_v_by_name_as_diffusers_dispatch_passes_them():
+    q, k, v = (torch.empty(1, 2, 6, 4, device="meta", requires_grad=True) for _ in range(3))
+    with fused_attention():
+        out = torch.nn.functional.scaled_dot_product_attention(query=q, key=k, value=v, attn_mask=None, dropout_p=0.0,
+                                                               is_causal=False, scale=None, enable_gqa=False)
+        masked = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(6, 6, device="meta",
+                                                                                                dtype=torch.bool))
+    assert out.shape == (1, 2, 6, 4) and type(out.grad_fn).__name__ == "_FusedAttentionBackward"
+    assert type(masked.grad_fn).__name__ != "_FusedAttentionBackward"      # a mask takes the usual path
+
+
+def test_wan_run_estimate_adds_up_and_the_options_lower_it():
+    wide = dataclasses.replace(TINY_WAN, denoiser=frozen(dict(TINY_WAN.denoiser) | {"rope_max_seq_len": 64}))
+    kw = dict(model=wide, frames=9, height=288, width=288)      # over the VAE's 256-pixel tiles
+    run = estimate_run(**kw)
+    assert set(run["phases"]) == set(PHASES)
+    for p in run["phases"].values():
+        assert p["total"] == p["weights"] + p["state"] + p["activations"]
+    assert run["peak"] == max(p["total"] for p in run["phases"].values())
+    plain = estimate_run(**kw, plain=True)
+    assert set(plain["phases"]) == set(PLAIN_PHASES) and plain["peak"] <= run["peak"]
+    assert plain["phases"]["sampling"]["activations"] == run["phases"]["sampling"]["activations"]
+    checkpointed = estimate_run(**kw, activations="checkpoint")["phases"]["guidance"]
+    assert checkpointed["held"] < run["phases"]["guidance"]["held"]
+    assert checkpointed["activations"] < run["phases"]["guidance"]["activations"]
+    tiled = estimate_run(**kw, vae_slicing=True)["phases"]
+    assert tiled["decode"]["activations"] < run["phases"]["decode"]["activations"]
+    offload = estimate_run(**kw, cpu_offload=True)["phases"]
+    assert offload["guidance"]["weights"] < run["phases"]["guidance"]["weights"]
+    model = meta_backbone(wide)
+    assert _hooks(model.transformer) == 0 and not model.vae_slicing
+
+
+def test_wan_guided_iteration_counts_the_hooked_blocks_only():
+    first, last = ({"layers": (f"blocks.{i}",)} for i in (0, 1))
+    kw = dict(model=TINY_WAN, frames=9, height=64, width=64)
+    assert estimate_run(**kw, **first)["phases"]["guidance"]["held"] < \
+        estimate_run(**kw, **last)["phases"]["guidance"]["held"]
+    with pytest.raises(ConfigError, match="Wan transformer"):
+        estimate_run(**kw, attention="plain")

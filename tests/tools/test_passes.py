@@ -1,5 +1,6 @@
-"""FLOPs of the UNet passes: the meta-device count equals a real CPU run's, the pass kinds relate as they should,
-and the counts of the two H200 runs predict their measured speed-up."""
+"""FLOPs of the denoiser passes: the meta-device count equals a real CPU run's for either family, the pass kinds
+relate as they should, the counts of the two H200 runs predict their measured speed-up, and the recipe's pass counts
+are a real run's."""
 
 import json
 from pathlib import Path
@@ -9,10 +10,15 @@ import torch
 from diffusers import UNet3DConditionModel
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import motiontransfer
 from motiontransfer.backbones.base import ModelDefaults
 from motiontransfer.backbones.unet3d import UNet3DBackbone
-from motiontransfer.tools.passes import count_pass_flops, pass_flops, predicted_flops, predicted_seconds_ratio
+from motiontransfer.models import load_model
+from motiontransfer.tools.meta import TINY_WAN, cpu_backbone
+from motiontransfer.tools.passes import (count_pass_flops, pass_flops, predicted_flops, predicted_seconds_ratio,
+                                         run_counts)
 
+from conftest import moving_square
 from test_memory import TINY_UNET
 
 H200 = Path(__file__).parents[2] / "docs" / "results" / "gpu_zeroscope_h200.json"
@@ -52,3 +58,28 @@ def test_counts_predict_the_measured_h200_speed_up_within_15_percent():
     measured = reference["seconds"] / default["seconds"]                            # 2.75
     predicted = predicted_seconds_ratio(reference["counts"], default["counts"], activations="checkpoint")
     assert predicted == pytest.approx(measured, rel=0.15)
+
+
+def test_wan_flops_on_meta_equal_a_real_cpu_run_and_the_passes_relate():
+    flops = pass_flops(model=TINY_WAN, frames=9, height=32, width=32, activations="checkpoint")
+    with sdpa_kernel(SDPBackend.MATH):
+        cpu = count_pass_flops(cpu_backbone(TINY_WAN), 9, 32, 32, activations="checkpoint", text_tokens=8)
+    assert cpu == flops
+    assert flops["cfg_forward"] == 2 * flops["unet_forward"]                   # CFG as two calls
+    assert 0 < flops["unet_truncated_forward"] < flops["unet_forward"]          # blocks.1 of 2 ends the pass
+    assert 0 < flops["recompute"] < flops["unet_truncated_forward"]
+
+
+def test_run_counts_are_the_passes_a_wan_run_makes(tiny_wan, tmp_path):
+    video = moving_square(9, 32)
+    opts = dict(model=str(tiny_wan), output_dir=False, quiet=True, fps=16, seed=0)
+    model = load_model(str(tiny_wan), device="cpu")
+    for index, changes in enumerate(({"steps": 6}, {"steps": 6, "reuse_every": 1, "iterations": 2})):
+        opts["cache_dir"] = str(tmp_path / str(index))
+        result = motiontransfer.transfer(video, "a green star", **opts, **changes)
+        schedule = model.schedule(result.config.steps)
+        assert run_counts(result.config, schedule) == result.counts
+        again = motiontransfer.transfer(video, "a green star", **opts, **changes)          # from the cache
+        assert run_counts(result.config, schedule, cached=True) == again.counts
+    plain = motiontransfer.text_to_video("a red circle", model=str(tiny_wan), seed=0, steps=4)
+    assert run_counts(plain.config, schedule, plain=True) == plain.counts

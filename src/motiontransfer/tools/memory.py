@@ -1,8 +1,9 @@
-"""GPU memory at ZeroScope scale, counted without the weights: byte counts of a run made on the meta device.
+"""GPU memory of a run, counted without the weights: byte counts of a run made on the meta device.
 
-The `estimate_*` functions run the package's own code (`UNet3DBackbone.features`, `predict`, `encode_frames`,
-`decode_latents`, `losses.motion_loss`, `sampling.optimise_latent`, the options of `activations`) on
-components built on the meta device, which have shapes and dtypes but no data, and count bytes with:
+The `estimate_*` functions run the package's own code (the backbone's `features`, `predict`, `encode_prompts`,
+`encode_frames`, `decode_latents`; `losses.motion_loss`, `sampling.optimise_latent`, the options of
+`activations`) on components built on the meta device (`tools.meta`: ZeroScope's UNet3D, Wan2.1's DiT, or any
+model of either family given by its configs), which have shapes and dtypes but no data, and count bytes with:
 
     SavedTensorCounter  the bytes autograd saves for backward (a pack hook; each storage counted once)
     LiveBytes           a TorchDispatchMode that adds every storage an op makes and subtracts it when it is freed
@@ -11,16 +12,15 @@ components built on the meta device, which have shapes and dtypes but no data, a
                         the meta device does not have: it keeps q, k, v, the output and the fp32 log-sum-exp for
                         backward, and never the attention matrix
 
-docs/memory.md has the numbers at ZeroScope scale, how they were checked, and what they leave out.
+docs/memory.md has the numbers at ZeroScope and Wan2.1-1.3B scale, how they were checked, and what they leave out.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import logging
+import math
 import weakref
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -31,14 +31,14 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..activations import checkpoint_blocks, iter_tensors, offload_activations, saved_alias, storage_of
-from ..backbones.unet3d import UNet3DBackbone, unet_checkpoint_units
+from ..backbones.base import Backbone
 from ..config import ACTIVATION_MODES, DEFAULT_LAYERS
 from ..errors import ConfigError
 from ..features import FeatureHooks
 from ..losses import motion_loss
-from ..backbones.base import ModelDefaults
 from ..sampling import GuidedStep, optimise_latent
 from . import zeroscope
+from .meta import ModelSpec, cpu_backbone, latent_shape, meta_backbone, meta_model, text_width, unet3d_spec
 
 # sdpa-fused: diffusers' default AttnProcessor2_0 with the kernel PyTorch picks on a CUDA GPU in fp16 (flash, or
 # memory-efficient before Ampere); sdpa-math: the same processor on SDPA's math fallback (what the meta device
@@ -203,14 +203,20 @@ class _FusedAttention(torch.autograd.Function):
 
 
 class fused_attention(TorchFunctionMode):
-    """Runs `F.scaled_dot_product_attention` calls without mask or dropout as `_FusedAttention` (on the meta
-    device, which otherwise takes SDPA's math path). Others pass through."""
+    """Runs `F.scaled_dot_product_attention` calls without mask, dropout, causality or grouped heads as
+    `_FusedAttention` (on the meta device, which otherwise takes SDPA's math path); q, k, v positional (diffusers'
+    `AttnProcessor2_0`) or by name (its `dispatch_attention_fn`, which Wan's `WanAttnProcessor` calls), any
+    `scale`. Others pass through."""
+
+    QKV = ("query", "key", "value")
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention and len(args) == 3 and kwargs.get("attn_mask") is None \
+        if func is F.scaled_dot_product_attention and len(args) <= 3 \
+                and set(self.QKV[len(args):]) <= set(kwargs) and kwargs.get("attn_mask") is None \
                 and not kwargs.get("dropout_p") and not kwargs.get("is_causal") and not kwargs.get("enable_gqa"):
-            return _FusedAttention.apply(*args)
+            qkv = (*args, *(kwargs[name] for name in self.QKV[len(args):]))
+            return _FusedAttention.apply(*qkv)
         return func(*args, **kwargs)
 
 
@@ -232,49 +238,7 @@ class _SimulatedOffload(offload_activations):
         return torch.empty_like(host)
 
 
-# ------------------------------------------------------------------------------------- meta components
-
-@contextlib.contextmanager
-def _quiet(name: str) -> Iterator[None]:
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _frozen(config: dict | None) -> tuple | None:
-    return None if config is None else tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
-                                                   for k, v in config.items()))
-
-
-@functools.lru_cache(maxsize=4)
-def _meta_model(unet_config: tuple, vae_config: tuple | None, text_config: tuple | None,
-                dtype: torch.dtype) -> UNet3DBackbone:
-    from diffusers import AutoencoderKL, UNet3DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    with torch.device("meta"), _quiet("diffusers"):
-        unet = UNet3DConditionModel(**dict(unet_config)).to(dtype)
-        vae = None if vae_config is None else AutoencoderKL(**dict(vae_config)).to(dtype)
-        text = None if text_config is None else CLIPTextModel(CLIPTextConfig(**dict(text_config))).to(dtype)
-    for m in (unet, vae, text):
-        if m is not None:
-            m.requires_grad_(False).eval()
-    return UNet3DBackbone(unet=unet, vae=vae, text_encoder=text, tokenizer=None, scheduler_config={}, path=Path("meta"),
-                       identity="meta", defaults=ModelDefaults(zeroscope.WIDTH, zeroscope.HEIGHT, zeroscope.FRAMES),
-                       device=torch.device("meta"), dtype=dtype)
-
-
-def meta_model(unet_config: dict = zeroscope.UNET_CONFIG, vae_config: dict | None = zeroscope.VAE_CONFIG,
-               text_config: dict | None = zeroscope.TEXT_ENCODER_CONFIG,
-               dtype: torch.dtype = torch.float16) -> UNet3DBackbone:
-    """The adapter over components built on the meta device from their configs (no weights, no memory).
-    Cached: the same object comes back for the same configs; the estimators leave it as they found it."""
-    return _meta_model(_frozen(unet_config), _frozen(vae_config), _frozen(text_config), dtype)
-
+# ------------------------------------------------------------------------------------------- attention
 
 @contextlib.contextmanager
 def _attention(backend: str, *modules: nn.Module | None) -> Iterator[None]:
@@ -300,14 +264,14 @@ def _attention(backend: str, *modules: nn.Module | None) -> Iterator[None]:
                 m.set_attn_processor(processors)
 
 
-def _latent_shape(model: UNet3DBackbone, frames: int, height: int, width: int, vae_scale: int) -> tuple[int, ...]:
-    if height % vae_scale or width % vae_scale:
-        raise ConfigError(f"height and width must be multiples of {vae_scale}, got {height}x{width}")
-    return 1, model.unet.config.in_channels, frames, height // vae_scale, width // vae_scale
+def _check_attention(model: Backbone, attention: str) -> None:
+    if attention == "plain" and model.family != "unet3d":
+        raise ConfigError("attention 'plain' is diffusers' AttnProcessor, a UNet processor; a Wan transformer runs "
+                          "only WanAttnProcessor (sdpa-fused or sdpa-math)")
 
 
-def _text_states(model: UNet3DBackbone, tokens: int) -> torch.Tensor:
-    return torch.empty(1, tokens, model.unet.config.cross_attention_dim, device="meta", dtype=model.dtype)
+def _text_states(model: Backbone, tokens: int) -> torch.Tensor:
+    return torch.empty(1, tokens, text_width(model), device="meta", dtype=model.dtype)
 
 
 # ------------------------------------------------------------------------------------------- estimates
@@ -319,9 +283,10 @@ def estimate_guided_iteration(unet_config: dict = zeroscope.UNET_CONFIG, frames:
                               layers: tuple[str, ...] = DEFAULT_LAYERS, loss: str = "pairwise_cosine",
                               timestep: int = 981, text_tokens: int = 77,
                               vae_scale: int = zeroscope.VAE_SCALE) -> dict[str, int]:
-    """Bytes of one guided iteration: the UNet forward with gradients on the latent (stopped after the last
-    hooked layer unless `truncate=False`), the motion loss against the source's SMM vectors, backward to the
-    latent and the Adam update, as `sampling.optimise_latent` runs them with one iteration.
+    """Bytes of one guided iteration of the UNet3D of `unet_config`: the UNet forward with gradients on the latent
+    (stopped after the last hooked layer unless `truncate=False`), the motion loss against the source's SMM
+    vectors, backward to the latent and the Adam update, as `sampling.optimise_latent` runs them with one
+    iteration. (`estimate_run(model=...)` has the same numbers for a model of either family.)
 
     `height`, `width` in pixels (latent = pixels / vae_scale). `activations` as in `activation_options`.
 
@@ -340,25 +305,25 @@ def estimate_guided_iteration(unet_config: dict = zeroscope.UNET_CONFIG, frames:
                              text_tokens=text_tokens, vae_scale=vae_scale)
 
 
-def _guided_iteration(model: UNet3DBackbone, frames: int, height: int, width: int, *, truncate: bool,
+def _guided_iteration(model: Backbone, frames: int, height: int, width: int, *, truncate: bool,
                       activations: str, attention: str, units: str, layers: tuple[str, ...], loss: str,
-                      timestep: int, text_tokens: int, vae_scale: int) -> dict[str, int]:
+                      timestep: float, text_tokens: int, vae_scale: int = zeroscope.VAE_SCALE) -> dict[str, int]:
     if activations not in ACTIVATION_MODES:
         raise ConfigError(f"activations must be one of {', '.join(ACTIVATION_MODES)}, got {activations!r}")
-    unet = model.unet
-    shape = _latent_shape(model, frames, height, width, vae_scale)
-    x = torch.empty(shape, device="meta", dtype=torch.float32)
+    _check_attention(model, attention)
+    denoiser = model.denoiser
+    x = torch.empty(latent_shape(model, frames, height, width, vae_scale), device="meta", dtype=torch.float32)
     cond = _text_states(model, text_tokens)
     tracker = LiveBytes("meta")
-    resident = [*unet.parameters(), *unet.buffers()]
+    resident = [*denoiser.parameters(), *denoiser.buffers()]
     record: dict[str, int] = {}
-    with FeatureHooks(unet, layers, stop_early=truncate) as hooks, _attention(attention, unet):
+    with FeatureHooks(denoiser, layers, stop_early=truncate) as hooks, _attention(attention, denoiser):
         with torch.no_grad():                              # the source side, reduced once per timestep
             src = {n: f.mean(dim=(-2, -1)) for n, f in model.features(hooks, x, timestep, cond).items()}
         inputs = sum(storage_of(t).nbytes() for t in (x, cond, *src.values()))
         counter = SavedTensorCounter(exclude=resident) if activations == "none" else contextlib.nullcontext()
         if activations == "checkpoint":
-            option = checkpoint_blocks(unet, unet_checkpoint_units(unet, units),
+            option = checkpoint_blocks(denoiser, model.checkpoint_units(units),
                                        recompute_context=fused_attention if attention == "sdpa-fused"
                                        else contextlib.nullcontext)
         elif activations == "offload":
@@ -375,7 +340,7 @@ def _guided_iteration(model: UNet3DBackbone, frames: int, height: int, width: in
 
         with tracker, option:
             optimise_latent(x, loss_fn, 1, 1e-3, GuidedStep(t=timestep, lr=1e-3))
-    weights = parameter_bytes(unet)
+    weights = parameter_bytes(denoiser)
     return {"weights": weights, "inputs": inputs,
             "saved": counter.bytes if activations == "none" else None, "held": record["held"],
             "peak": tracker.peak, "host": option.host_bytes if activations == "offload" else 0,
@@ -400,23 +365,28 @@ def estimate_unet_pass(unet_config: dict = zeroscope.UNET_CONFIG, frames: int = 
     (`cfg`, batch 2, as sampling runs it) or without (batch 1, as inversion runs it); or, with `truncate_after`
     (layer names), the truncated pass that computes the source features. Returns weights, peak, total."""
     model = meta_model(unet_config, None, None, dtype)
-    return _unet_pass(model, frames, height, width, cfg=cfg, attention=attention, truncate_after=truncate_after,
-                      timestep=timestep, text_tokens=text_tokens, vae_scale=vae_scale)
+    return _denoiser_pass(model, frames, height, width, cfg=cfg, attention=attention, truncate_after=truncate_after,
+                          timestep=timestep, text_tokens=text_tokens, vae_scale=vae_scale)
 
 
-def _unet_pass(model, frames, height, width, *, cfg, attention, truncate_after, timestep, text_tokens, vae_scale):
-    x = torch.empty(_latent_shape(model, frames, height, width, vae_scale), device="meta", dtype=torch.float32)
+def _denoiser_pass(model: Backbone, frames: int, height: int, width: int, *, cfg: bool, attention: str,
+                   truncate_after: tuple[str, ...] | None, timestep: float, text_tokens: int,
+                   vae_scale: int = zeroscope.VAE_SCALE) -> dict[str, int]:
+    """A pass of the denoiser without gradients through the backbone's `predict` (CFG as the family runs it:
+    one batch of 2 on UNet3D, two calls on Wan) or `features` (`truncate_after`)."""
+    _check_attention(model, attention)
+    x = torch.empty(latent_shape(model, frames, height, width, vae_scale), device="meta", dtype=torch.float32)
     cond = _text_states(model, text_tokens)
     if truncate_after:
-        with FeatureHooks(model.unet, truncate_after) as hooks:
+        with FeatureHooks(model.denoiser, truncate_after) as hooks:
             peak = _run_phase(lambda: {n: f.mean(dim=(-2, -1))
                                        for n, f in model.features(hooks, x, timestep, cond).items()},
-                              attention, model.unet)
+                              attention, model.denoiser)
     else:
         uncond = cond if cfg else None
         peak = _run_phase(lambda: model.predict(x, timestep, cond, uncond, 10.0 if cfg else 1.0), attention,
-                          model.unet)
-    weights = parameter_bytes(model.unet)
+                          model.denoiser)
+    weights = parameter_bytes(model.denoiser)
     return {"weights": weights, "peak": peak, "total": weights + peak}
 
 
@@ -431,14 +401,16 @@ def estimate_vae(vae_config: dict = zeroscope.VAE_CONFIG, frames: int = zeroscop
     return _vae(model, frames, height, width, decode=decode, slicing=slicing, attention=attention)
 
 
-def _vae(model, frames, height, width, *, decode, slicing, attention):
-    scale = model.vae_scale
+def _vae(model: Backbone, frames: int, height: int, width: int, *, decode: bool, slicing: bool,
+         attention: str) -> dict[str, int]:
+    """`decode_latents` of the latent of `frames` frames (fp32, as sampling leaves it), or `encode_frames` of
+    the frames; `slicing` is the backbone's `vae_slicing` (UNet3D: one frame at a time; Wan: spatial tiles)."""
+    _check_attention(model, attention)
     previous = model.vae_slicing
     model.vae_slicing = slicing
     try:
         if decode:
-            z = torch.empty(1, model.vae.config.latent_channels, frames, height // scale, width // scale,
-                            device="meta", dtype=torch.float32)
+            z = torch.empty(latent_shape(model, frames, height, width), device="meta", dtype=torch.float32)
             peak = _run_phase(lambda: model.decode_latents(z), attention, model.vae)
         else:
             video = np.zeros((frames, height, width, 3), np.uint8)
@@ -451,79 +423,89 @@ def _vae(model, frames, height, width, *, decode, slicing, attention):
 
 def estimate_text_encoder(text_config: dict = zeroscope.TEXT_ENCODER_CONFIG, dtype: torch.dtype = torch.float16,
                           *, tokens: int = 77) -> dict[str, int]:
-    """Bytes of encoding one prompt. Returns weights, peak, total."""
-    model = meta_model(zeroscope.UNET_CONFIG, None, text_config, dtype)
-    ids = torch.zeros(1, tokens, dtype=torch.long, device="meta")
-    peak = _run_phase(lambda: model.text_encoder(ids), "sdpa-math")
+    """Bytes of encoding one prompt of `tokens` tokens with this CLIP text encoder. Returns weights, peak, total."""
+    return _text(meta_backbone(unet3d_spec(zeroscope.UNET_CONFIG, None, text_config, dtype, text_tokens=tokens)))
+
+
+def _text(model: Backbone) -> dict[str, int]:
+    """`encode_prompts` of one prompt at the padded length (the meta tokenizer's)."""
+    peak = _run_phase(lambda: model.encode_prompts([""]), "sdpa-math")
     weights = parameter_bytes(model.text_encoder)
     return {"weights": weights, "peak": peak, "total": weights + peak}
 
 
 PHASES = ("text", "encode", "inversion", "source", "guidance", "sampling", "decode")
+PLAIN_PHASES = ("text", "sampling", "decode")          # text-to-video: no source, no guidance
 
 
 @functools.lru_cache(maxsize=256)
-def _phase(name: str, unet_config: tuple, vae_config: tuple, text_config: tuple, dtype: torch.dtype, frames: int,
-           height: int, width: int, options: tuple) -> dict[str, Any]:
+def _phase(name: str, spec: ModelSpec, frames: int, height: int, width: int, options: tuple) -> dict[str, Any]:
     """One phase of a run: its component, the component's weight bytes, the phase's peak activation bytes, and
     for guidance the graph's bytes at backward and the bytes offloaded to the host."""
     o = dict(options)
-    model = _meta_model(unet_config, vae_config, text_config, dtype)
+    model = meta_backbone(spec)
     size = dict(frames=frames, height=height, width=width)
+    layers = o["layers"] or model.default_layers
     out = {"held": None, "host": 0}
     if name == "text":
-        r = estimate_text_encoder(dict(text_config), dtype)
+        r = _text(model)
         return {**out, "component": "text_encoder", "component_weights": r["weights"], "activations": r["peak"]}
     if name in ("encode", "decode"):
-        r = _vae(model, frames, height, width, decode=name == "decode", slicing=o["vae_slicing"],
-                 attention=o["attention"])
+        r = _vae(model, **size, decode=name == "decode", slicing=o["vae_slicing"], attention=o["attention"])
         return {**out, "component": "vae", "component_weights": r["weights"], "activations": r["peak"]}
-    common = dict(attention=o["attention"], timestep=981, text_tokens=77, vae_scale=model.vae_scale)
+    common = dict(attention=o["attention"], timestep=981, text_tokens=spec.text_tokens)
     if name == "guidance":
         r = _guided_iteration(model, **size, truncate=o["truncate"], activations=o["activations"], units=o["units"],
-                              layers=DEFAULT_LAYERS, loss="pairwise_cosine", **common)
-        return {"component": "unet", "component_weights": r["weights"], "activations": r["inputs"] + r["peak"],
+                              layers=layers, loss="pairwise_cosine", **common)
+        return {"component": "denoiser", "component_weights": r["weights"], "activations": r["inputs"] + r["peak"],
                 "held": r["held"], "host": r["host"]}
     if name == "source":
-        r = _unet_pass(model, **size, cfg=False, truncate_after=DEFAULT_LAYERS, **common)
+        r = _denoiser_pass(model, **size, cfg=False, truncate_after=layers, **common)
     else:
-        r = _unet_pass(model, **size, cfg=name == "sampling", truncate_after=None, **common)
-    return {**out, "component": "unet", "component_weights": r["weights"], "activations": r["peak"]}
+        r = _denoiser_pass(model, **size, cfg=name == "sampling", truncate_after=None, **common)
+    return {**out, "component": "denoiser", "component_weights": r["weights"], "activations": r["peak"]}
 
 
 def estimate_run(unet_config: dict = zeroscope.UNET_CONFIG, vae_config: dict = zeroscope.VAE_CONFIG,
-                 text_config: dict = zeroscope.TEXT_ENCODER_CONFIG, frames: int = zeroscope.FRAMES,
-                 height: int = zeroscope.HEIGHT, width: int = zeroscope.WIDTH,
-                 dtype: torch.dtype = torch.float16, *, truncate: bool = True,
+                 text_config: dict = zeroscope.TEXT_ENCODER_CONFIG, frames: int | None = None,
+                 height: int | None = None, width: int | None = None,
+                 dtype: torch.dtype = torch.float16, *, model: ModelSpec | None = None, truncate: bool = True,
                  activations: str = "none", attention: str = "sdpa-fused", units: str = "layers",
-                 vae_slicing: bool = False, cpu_offload: bool = False,
-                 kept_latents: int = KEPT_LATENTS) -> dict[str, Any]:
+                 layers: tuple[str, ...] | None = None, vae_slicing: bool = False, cpu_offload: bool = False,
+                 kept_latents: int = KEPT_LATENTS, plain: bool = False) -> dict[str, Any]:
     """Device bytes of every phase of a transfer and their maximum, the run's peak.
 
-    Phases: text (encode a prompt), encode (the source frames, through the VAE), inversion (a UNet pass,
+    `model` is the model counted (`meta.ZEROSCOPE`, `meta.WAN_1_3B` or any `ModelSpec`); None: the UNet3D of
+    `unet_config`, `vae_config`, `text_config` at `dtype` (ZeroScope's by default). `frames`, `height`,
+    `width` (pixels) default to the model's native size; `layers` (hooked) to the family's default.
+
+    Phases: text (encode a prompt), encode (the source frames, through the VAE), inversion (a denoiser pass,
     batch 1), source (the truncated pass for the source features), guidance (one guided iteration), sampling (a
-    CFG pass, batch 2), decode (the result). Each phase costs the weights resident during it (all components;
-    with `cpu_offload`, as `UNet3DBackbone.cpu_offload` does it, the UNet and the running text encoder or VAE), the
-    state kept across phases (`kept_latents` inverted latents and the sampling latent) and the phase's own peak.
+    CFG pass: batch 2 on UNet3D, two calls on Wan), decode (the result). `plain`: text-to-video, only text,
+    sampling and decode, with only the sampling latent kept. Each phase costs the weights resident during it (all
+    components; with `cpu_offload`, as `BackboneBase.cpu_offload` does it, the denoiser and the running text
+    encoder or VAE), the state kept across phases (`kept_latents` inverted latents in the model's dtype and the
+    fp32 sampling latent) and the phase's own peak. `vae_slicing` is the backbone's (Wan: VAE tiling).
 
     Returns {"phases": {name: {"component", "weights", "state", "activations", "total", "held", "host"}},
     "peak", "peak_phase", "weights"} (bytes; `held` and `host` as in `estimate_guided_iteration`, guidance only).
     """
-    key = (_frozen(unet_config), _frozen(vae_config), _frozen(text_config), dtype, frames, height, width)
+    spec = model or unet3d_spec(unet_config, vae_config, text_config, dtype)
+    frames, height, width = (given or native for given, native in zip((frames, height, width), spec.size))
     options = (("truncate", truncate), ("activations", activations), ("attention", attention), ("units", units),
-               ("vae_slicing", vae_slicing))
-    model = _meta_model(*key[:4])
-    _, channels, _, h, w = _latent_shape(model, frames, height, width, model.vae_scale)
-    latent = channels * frames * h * w
-    state = kept_latents * latent * torch.finfo(dtype).bits // 8 + latent * 4     # + the fp32 sampling latent
-    unet_weights = parameter_bytes(model.unet)
-    all_weights = unet_weights + parameter_bytes(model.vae) + parameter_bytes(model.text_encoder)
+               ("vae_slicing", vae_slicing), ("layers", None if layers is None else tuple(layers)))
+    backbone = meta_backbone(spec)
+    latent = math.prod(latent_shape(backbone, frames, height, width))
+    kept = 0 if plain else kept_latents
+    state = kept * latent * torch.finfo(spec.dtype).bits // 8 + latent * 4     # + the fp32 sampling latent
+    denoiser_weights = parameter_bytes(backbone.denoiser)
+    all_weights = denoiser_weights + parameter_bytes(backbone.vae) + parameter_bytes(backbone.text_encoder)
     phases = {}
-    for name in PHASES:
-        p = _phase(name, *key, options)
-        # UNet3DBackbone.cpu_offload: the UNet stays; the text encoder and the VAE come to the device only to run
-        extra = p["component_weights"] if p["component"] != "unet" else 0
-        resident = unet_weights + extra if cpu_offload else all_weights
+    for name in PLAIN_PHASES if plain else PHASES:
+        p = _phase(name, spec, frames, height, width, options)
+        # BackboneBase.cpu_offload: the denoiser stays; the text encoder and the VAE come to the device only to run
+        extra = p["component_weights"] if p["component"] != "denoiser" else 0
+        resident = denoiser_weights + extra if cpu_offload else all_weights
         phases[name] = {"component": p["component"], "weights": resident, "state": state,
                         "activations": p["activations"], "held": p["held"], "host": p["host"],
                         "total": resident + state + p["activations"]}
@@ -532,6 +514,67 @@ def estimate_run(unet_config: dict = zeroscope.UNET_CONFIG, vae_config: dict = z
             "weights": all_weights}
 
 
+CHECK_CASES = ("guided step", "guided step, checkpointed", "forward without grad")
+
+
+def cpu_check(spec: ModelSpec, frames: int, height: int, width: int, case: str, *,
+              attention: str = "sdpa-fused", seed: int = 0) -> dict[str, int | None]:
+    """A small model's real CPU run against its meta count, for `case` (`CHECK_CASES`: one guided iteration's
+    forward, loss and backward through the backbone's `features`, plain or checkpointed; or a `predict` pass
+    without gradients), with the same attention kernel on both devices (PyTorch's CPU flash kernel and its
+    stand-in for `sdpa-fused`; SDPA's math path for `sdpa-math`). Returns bytes:
+
+        saved_cpu, saved_meta   saved for backward ("guided step" only; None otherwise)
+        peak_cpu                the CPU allocator's peak (`cpu_allocator_peak`): ops and the kernels' own scratch
+        peak_cpu_ops            the peak of the storages the ops return on the CPU (`LiveBytes("cpu")`)
+        peak_meta               the meta count (`LiveBytes("meta")`)
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if case not in CHECK_CASES:
+        raise ConfigError(f"case must be one of {', '.join(CHECK_CASES)}, got {case!r}")
+    fused = attention == "sdpa-fused"
+    out: dict[str, int | None] = {}
+    for device in ("cpu", "meta"):
+        model = cpu_backbone(spec, seed) if device == "cpu" else meta_backbone(spec)
+        denoiser, layers = model.denoiser, model.default_layers
+        g = torch.Generator().manual_seed(seed + 1)
+        x = torch.randn(latent_shape(model, frames, height, width), generator=g).to(device)
+        cond = torch.randn(1, spec.text_tokens, text_width(model), generator=g).to(device, model.dtype)
+        counter = SavedTensorCounter(exclude=denoiser.parameters()) if case == "guided step" else None
+        if device == "meta":
+            kernel = fused_attention() if fused else contextlib.nullcontext()
+        else:
+            kernel = sdpa_kernel([SDPBackend.FLASH_ATTENTION if fused else SDPBackend.MATH])
+
+        def run(counter=None):
+            if case == "forward without grad":
+                with torch.no_grad():
+                    model.predict(x, 501, cond)
+                return
+            recompute = fused_attention if fused and device == "meta" else contextlib.nullcontext
+            option = checkpoint_blocks(denoiser, model.checkpoint_units(), recompute_context=recompute) \
+                if case == "guided step, checkpointed" else contextlib.nullcontext()
+            latent = x.clone().requires_grad_(True)
+            with FeatureHooks(denoiser, layers) as hooks, option:
+                with counter or contextlib.nullcontext():
+                    loss = motion_loss("pairwise_cosine", src, model.features(hooks, latent, 501, cond))
+                loss.backward()
+
+        with kernel:
+            with FeatureHooks(denoiser, layers) as hooks, torch.no_grad():
+                src = {n: f.mean(dim=(-2, -1)) for n, f in model.features(hooks, x, 501, cond).items()}
+            if device == "cpu":
+                out["peak_cpu"] = cpu_allocator_peak(run)
+            tracker = LiveBytes(device)
+            with tracker:
+                run(counter)
+            out[f"peak_{device}_ops" if device == "cpu" else "peak_meta"] = tracker.peak
+        out[f"saved_{device}"] = None if counter is None else counter.bytes
+    return out
+
+
 __all__ = ["SavedTensorCounter", "LiveBytes", "fused_attention", "cpu_allocator_peak", "meta_model", "parameter_bytes",
            "estimate_guided_iteration", "estimate_unet_pass", "estimate_vae", "estimate_text_encoder",
-           "estimate_run", "ATTENTION_BACKENDS", "GIB"]
+           "estimate_run", "cpu_check", "ModelSpec", "ATTENTION_BACKENDS", "GIB", "PHASES", "PLAIN_PHASES",
+           "CHECK_CASES"]
