@@ -32,7 +32,7 @@ def test_shipped_shapes_suite_has_enough_cases_with_different_targets():
     for case in cases:
         target = world.parse_caption(case.prompt)
         assert case.frames.shape == (16, 32, 32, 3) and case.centres.shape == (16, 2)
-        assert case.box is not None
+        assert case.box is None           # scored on the whole frame, as every front end scores a pair
         assert target["shape"] and target["colour"] and target["background"]
 
 
