@@ -575,3 +575,50 @@ def test_flow_tracker_follows_flat_coloured_objects_that_lk_cannot():
                 errors.append(np.median(np.linalg.norm(moved - (clip.centres[-1] - clip.centres[0]), axis=1)))
     assert np.mean(kept["flow"]) > 0.8 > 0.5 > np.mean(kept["lk"])
     assert np.median(errors) < 1.0                              # px over 11 frames at 64x64
+
+
+def test_score_files_undoes_an_enlarged_preview(tmp_path):
+    """The transfer writes small results enlarged (nearest neighbour) and H.264-coded; `score` scores the content."""
+    from motiontransfer.shapes import world
+    from motiontransfer.video import write_video
+
+    clip = world.render(world.sample_params(np.random.default_rng(2), motion="circle"), 32, 12)
+    assert metrics.native_frames(clip.frames.repeat(8, axis=1).repeat(8, axis=2)).shape == clip.frames.shape
+    write_video(tmp_path / "a.mp4", clip.frames, 8, min_size=256)
+    write_video(tmp_path / "b.mp4", clip.frames[::-1].copy(), 8, min_size=256)
+    same = metrics.score_files(tmp_path / "a.mp4", tmp_path / "a.mp4")
+    assert same["size"] == [32, 32] and same["motion_fidelity"] == pytest.approx(1.0)
+    reverse = metrics.score_files(tmp_path / "a.mp4", tmp_path / "b.mp4")["motion_fidelity"]
+    assert reverse == pytest.approx(score_videos(clip.frames, clip.frames[::-1].copy())["motion_fidelity"], abs=0.1)
+    rng = np.random.default_rng(3)
+    footage = np.clip(texture(rng, 64, 64), 0, 255).astype(np.uint8)[None].repeat(4, axis=0)
+    assert metrics.native_frames(footage) is footage                  # textured frames are left as they are
+
+
+def test_principal_channel_tells_yellow_from_white():
+    frames = np.full((2, 16, 16, 3), 255, np.uint8)
+    frames[:, 4:12, 4:12] = (245, 220, 30)                             # the world's yellow on white
+    grey = frames.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    assert grey.max() - grey.min() < 50                                # a fifth of the grey range
+    channel = metrics.principal_channel(frames)
+    assert channel[0, 8, 8] == 0 and channel[0, 0, 0] == 255 or channel[0, 8, 8] == 255 and channel[0, 0, 0] == 0
+    assert not metrics.principal_channel(np.full((2, 8, 8, 3), 7, np.uint8)).any()
+
+
+def test_flow_keeps_a_plain_background_still_and_scores_every_size_alike():
+    """DIS alone drags a plain background along with the object (about 40% of these points end more than 5% of
+    the side away); the static prior keeps most of it still."""
+    from motiontransfer.shapes import world
+
+    params = world.sample_params(np.random.default_rng(5), motion="linear")
+    scores = []
+    for size in (32, 64, 128):
+        clip = world.render(params, size, 12)
+        tracks = track_points(clip.frames, grid=20)
+        far = ~cv2.dilate(clip.masks.any(axis=0).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        start = np.clip((tracks.xy[:, 0] - 0.5).astype(int), 0, size - 1)
+        background = far[start[:, 1], start[:, 0]]
+        drift = np.linalg.norm(tracks.xy[background, -1] - tracks.xy[background, 0], axis=1)
+        assert background.sum() > 50 and np.median(drift) == 0.0 and np.mean(drift > 0.05 * size) < 0.2
+        scores.append(score_videos(clip.frames, clip.frames[::-1].copy(), grid=20)["motion_fidelity"])
+    assert max(scores) - min(scores) < 0.15 and max(scores) < 0.3
