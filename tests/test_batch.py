@@ -69,8 +69,13 @@ def test_batch_runs_every_job_reports_failures_and_resumes(jobs_file, tmp_path):
     rows = summary(out)
     assert [(r["job"], r["status"]) for r in rows] == [("red", "done"), ("red", "done"), ("blue", "done"),
                                                      ("missing", "failed")]
-    assert all(-1 <= float(r["motion_fidelity"]) <= 1 and float(r["seconds"]) > 0 for r in rows[:3])
-    assert "| red | a green star | done |" in (out / "summary.md").read_text()
+    # a score, or (a tiny random model's noise) an empty cell with the reason beside it
+    assert all((r["motion_fidelity"] == "" and "not measured" in r["score_note"])
+               or -1 <= float(r["motion_fidelity"]) <= 1 for r in rows[:3])
+    assert all(float(r["seconds"]) > 0 for r in rows[:3])
+    text = (out / "summary.md").read_text()
+    measured = sum(r["motion_fidelity"] != "" for r in rows[:3])
+    assert "| red | a green star | done |" in text and f"{3 - measured} not measured" in text.splitlines()[-1]
 
     # an interrupted job: its results written, its job.json not; the next run redoes it and skips the rest
     (out / "blue" / "job.json").unlink()

@@ -68,6 +68,9 @@ def test_transfer_writes_result_comparison_frames_and_run_record(tiny_model, sou
 
     record = json.loads((out / "run.json").read_text())
     assert record["seed"] == 0 and record["prompt"] == "a green star"
+    check = record["self_check"]                                   # the self-check, printed and recorded
+    assert f"motion fidelity against the source: {check['motion_fidelity']:.2f}" in stdout or \
+        (check["motion_fidelity"] is None and "not measured" in stdout)
     assert record["config"]["seed"] == 0 and record["config"]["steps"] == 4
     assert record["config"]["frames"] == 4 and record["config"]["width"] == 32
     assert record["config"]["cache_dir"] == str(cache)
@@ -129,7 +132,9 @@ def test_several_prompts_share_one_inversion(tiny_model, source, tmp_path, capsy
         assert len(frame_bytes(sub)) == 4 and (sub / "result.mp4").exists()
     assert prompts == {"a red star", "a blue circle"}
     assert frame_bytes(out / "a-red-star") != frame_bytes(out / "a-blue-circle")
-    assert len(stdout.strip().splitlines()) == 2
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 4 and all("result.mp4" in line for line in lines[::2])
+    assert all(line.startswith("motion fidelity against the source: ") for line in lines[1::2])   # the self-check
 
 
 def test_several_prompts_do_not_double_count_in_their_records(tiny_model, source, tmp_path, capsys):

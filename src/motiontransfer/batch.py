@@ -7,7 +7,7 @@
 Jobs file (YAML; video paths relative to it):
 
     options: {steps: 25}            # optional: TransferConfig fields for every job
-    tracker: lk                     # optional: the motion-fidelity tracker (lk, flow for flat-coloured objects)
+    tracker: flow                   # optional: the motion-fidelity tracker (flow, the default; lk; cotracker)
     jobs:
       - name: car                   # optional; default job-NN
         video: clips/car.mp4
@@ -16,10 +16,12 @@ Jobs file (YAML; video paths relative to it):
 
 Options, later wins: the file's `options`, those given on the command line, the job's own. A job's prompts
 share one inversion (`transfer_many`); its results go to `OUTPUT/<job>/` (one folder per prompt when it has
-several), each scored against its source (`evaluation.metrics.score_videos`), and `OUTPUT/<job>/job.json` is
-written last: a job with it is done and is skipped by the next run (resumable). A failed job is reported and
-the others go on; a next run tries it again. After every job, `summary.csv` and `summary.md` list per job and
-prompt the status, the seconds, the scores and the result's folder.
+several), each scored against its source (`evaluation.selfcheck.check_result`: the scorer and defaults of
+every front end, recorded in the result's run.json too), and `OUTPUT/<job>/job.json` is written last: a job
+with it is done and is skipped by the next run (resumable). A failed job is reported and the others go on; a
+next run tries it again. After every job, `summary.csv` and `summary.md` list per job and prompt the status, the
+seconds, the scores and the result's folder; a score that could not be measured is empty, with the reason in
+`score_note`, and summary.md ends with the mean score over the measured results and how many were not.
 
 With Ray the job function is the same (`run_job`), one task per job with one GPU each when the cluster has
 GPUs (else one CPU each); the output folder and the videos must be on a file system every node sees.
@@ -45,7 +47,7 @@ from .errors import ConfigError, MotionTransferError
 logger = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS = ("job", "prompt", "status", "seconds", "motion_fidelity", "motion_fidelity_one_sided", "seed",
-                   "output", "error")
+                   "output", "score_note", "error")
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class Job:
     video: str                                   # absolute path
     prompts: tuple[str, ...]
     options: dict[str, Any] = field(default_factory=dict)     # this job's TransferConfig fields, resolved
-    tracker: str = "lk"
+    tracker: str | None = None                   # the motion-fidelity tracker; None: the default of every front end
 
 
 def load_jobs(path: str | Path, options: dict | None = None) -> list[Job]:
@@ -74,8 +76,8 @@ def load_jobs(path: str | Path, options: dict | None = None) -> list[Job]:
     if len(spec["jobs"]) > MAX_JOBS:
         raise ConfigError(f"jobs file {path} lists {len(spec['jobs'])} jobs; at most {MAX_JOBS} per file")
     _need_options(spec.get("options"), f"options of {path}")
-    tracker = spec.get("tracker", "lk")
-    if not isinstance(tracker, str):
+    tracker = spec.get("tracker")                # None: the scorer's default
+    if tracker is not None and not isinstance(tracker, str):
         raise ConfigError(f"tracker in {path} must be a name, got {short(tracker)}")
     shared = {**(spec.get("options") or {}), **(options or {})}
     jobs, names = [], set()
@@ -128,6 +130,7 @@ def run_job(job: Job, output_dir: str | Path, quiet: bool = True) -> dict:
     """One job: its prompts through `transfer_many` (one inversion), each result scored; writes job.json last
     and returns it. Runs the same here and in a Ray worker."""
     from .evaluation.metrics import score_videos
+    from .evaluation.selfcheck import LOW_SCORE, check_result
     from .pipeline import transfer_many
 
     directory = Path(output_dir) / job.name
@@ -137,10 +140,12 @@ def run_job(job: Job, output_dir: str | Path, quiet: bool = True) -> dict:
                             **job.options)
     rows = []
     for r in results:
-        scores = score_videos(r.source, r.frames, tracker=job.tracker)
+        scores = check_result(r) if job.tracker is None else score_videos(r.source, r.frames, tracker=job.tracker)
         rows.append({"prompt": r.prompt, "seconds": round(sum(r.timings.values()), 3), "seed": r.seed,
                      "motion_fidelity": scores["motion_fidelity"],
                      "motion_fidelity_one_sided": scores["motion_fidelity_one_sided"],
+                     "score_note": scores["reason"] or (f"low (below {LOW_SCORE:g}): the motion was not kept"
+                                                        if scores["motion_fidelity"] < LOW_SCORE else None),
                      "output": str(r.output_dir)})
     record = {"job": job.name, "video": job.video, "status": "done", "options": job.options,
               "seconds": round(time.perf_counter() - start, 3), "results": rows}
@@ -237,7 +242,16 @@ def write_summary(out: Path, records: list[dict]) -> None:
     atomic_write_text(out / "summary.csv", text.getvalue())
     lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
     lines += ["| " + " | ".join(r[c].replace("|", "\\|") for c in SUMMARY_COLUMNS) + " |" for r in rows]
+    lines += ["", mean_line(records)]
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
+
+
+def mean_line(records: list[dict]) -> str:
+    """"motion fidelity: mean 0.62 over 5 results; 1 not measured" over the done and skipped jobs' results."""
+    results = [r for rec in records if rec["status"] != "failed" for r in rec.get("results") or []]
+    scores = [r["motion_fidelity"] for r in results if r.get("motion_fidelity") is not None]
+    mean = f"mean {sum(scores) / len(scores):.3f} over {len(scores)} results" if scores else "no result measured"
+    return f"motion fidelity: {mean}; {len(results) - len(scores)} not measured"
 
 
 __all__ = ["Job", "load_jobs", "run_job", "run_batch", "summary_rows", "write_summary"]

@@ -6,7 +6,7 @@ Each subcommand calls one public function of the library:
     analyze           pipeline.analyze                  env               pipeline.environment
     score             evaluation.metrics.score_files    bench             evaluation.suite.bench_suite
     bench-speed       evaluation.speed.bench_speed      demo              shapes.demo.demo
-    cache             inversion.manage_cache
+    cache             inversion.manage_cache            calibrate         evaluation.calibration.calibrate
     report            shapes.report.evaluate_model      train             shapes.training.train
     train-classifier  shapes.classifier.train_classifier
     ui                ui.serve (a Gradio web page)      batch             batch.run_batch (locally or on Ray)
@@ -171,16 +171,25 @@ def _run_options(args) -> dict:
 
 # --------------------------------------------------------------------------------------------------- commands
 
+def _print_self_check(check: dict) -> None:
+    from .evaluation.selfcheck import describe
+
+    for line in describe(check):
+        print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
+
+
 def cmd_transfer(args) -> int:
     from .video import check_input
 
     check_input(args.video)                   # a missing or broken input says so before the libraries load
     if not args.debug:
         _quiet_libraries()
+    from .evaluation.selfcheck import check_result
     from .pipeline import transfer_many
 
     for r in transfer_many(args.video, args.prompt, **_run_options(args), **_method_options(args)):
         print(f"{r.output_dir}/result.mp4  (seed {r.seed}, {sum(r.timings.values()):.1f} s)")
+        _print_self_check(check_result(r))
     return 0
 
 
@@ -215,10 +224,25 @@ def cmd_analyze(args) -> int:
 def cmd_score(args) -> int:
     from .evaluation.metrics import score_files
 
-    result = score_files(args.original, args.edited, mask=args.mask, box=args.box, tracker=args.tracker,
-                         grid=args.grid, cotracker_checkpoint=args.cotracker_checkpoint, output=args.output,
-                         limits=_limits(args))
+    given = {k: v for k, v in (("tracker", args.tracker), ("grid", args.grid)) if v is not None}
+    result = score_files(args.original, args.edited, mask=args.mask, box=args.box,
+                         cotracker_checkpoint=args.cotracker_checkpoint, output=args.output, limits=_limits(args),
+                         **given)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from .evaluation.calibration import calibrate, markdown
+
+    report = calibrate(clips=args.clips, sizes=tuple(args.sizes), real=not args.no_real, validation=args.validation,
+                       suite_results=args.suite_results, suite=args.suite, progress=not args.quiet)
+    print(markdown(report), end="")
+    if args.json:
+        from .video import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
     return 0
 
 
@@ -246,6 +270,9 @@ def cmd_demo(args) -> int:
     done = demo(video=args.video, prompt=args.prompt, output_dir=args.output_dir, overwrite=bool(args.overwrite),
                 seed=args.seed, quiet=args.quiet, limits=_limits(args), **options)
     print(f"wrote {done.output_dir}")
+    print(f"object path: velocity cosine {done.trajectory['velocity_cosine']:.2f}, "
+          f"centre error {done.trajectory['centre_error']:.1f} px")
+    _print_self_check(done.self_check)
     return 0
 
 
@@ -361,13 +388,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("edited", type=Path)
     p.add_argument("--mask", type=Path, help="first-frame mask image of the original (white = object)")
     p.add_argument("--box", type=_box, help="first-frame box x0,y0,x1,y1 in the original's pixels")
-    p.add_argument("--tracker", default="lk",
-                   help="lk (Lucas-Kanade, the default), flow (dense DIS flow: flat-coloured objects), cotracker")
-    p.add_argument("--grid", type=int, default=55, help="query grid side (55, as the reference)")
+    p.add_argument("--tracker", choices=["flow", "lk", "cotracker"],
+                   help="flow (dense optical flow, the default every front end uses), lk (Lucas-Kanade: needs "
+                        "texture), cotracker (the paper's, with --cotracker-checkpoint)")
+    p.add_argument("--grid", type=int, help="query grid side (default 55, as the reference)")
     p.add_argument("--cotracker-checkpoint", type=Path)
     p.add_argument("--output", type=Path, help="also write the JSON here")
     _add_limit_options(p)
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("calibrate", parents=[common],
+                       help="the motion-fidelity score against known motion: world and real clips, a bench's results")
+    p.add_argument("--clips", type=int, default=50, help="world clips per size (50)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[32, 128], help="short sides in px (32 128)")
+    p.add_argument("--no-real", action="store_true", help="world clips only (no vtest.avi, bikes.mp4)")
+    p.add_argument("--validation", action="store_true",
+                   help="the clips the tracker's settings were chosen on, instead of the reported ones")
+    p.add_argument("--suite-results", type=Path, metavar="BENCH_DIR",
+                   help="also re-score this `motiontransfer bench` output against the velocity cosine")
+    p.add_argument("--suite", default="shapes", help="the suite that bench ran (shapes)")
+    p.add_argument("--json", type=Path, help="write the full report here")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("bench", parents=[common], help="run a suite of cases through several methods")
     p.add_argument("--suite", default="shapes", help="shapes (shipped) or a suite YAML file")

@@ -8,10 +8,11 @@ or more target prompts (one per line) and run. Inversion and sampling report the
 loss at guided steps; the page then shows the source and the result side by side, the motion-fidelity score of
 each result against the source, the objects' paths (with the shipped shapes model), `run.json` and every file
 to download. The prompts of a run share one inversion (`transfer_many`), and later runs on the same clip read
-it from the inversion cache.
+it from the inversion cache. A score that could not be measured says so, and a low one comes with a warning
+and what to try (`evaluation.selfcheck`, the same check as the command line's).
 
-A front end only: a run is `pipeline.transfer_many`, the score `evaluation.metrics.score_videos`, the plot
-`shapes.demo.plot_trajectories`. Runs are queued, one at a time (`demo.queue`); errors show as messages in the
+A front end only: a run is `pipeline.transfer_many`, the score `evaluation.selfcheck.check_result` (the scorer
+and defaults of every front end), the plot `shapes.demo.plot_trajectories`. Runs are queued, one at a time (`demo.queue`); errors show as messages in the
 page, never as tracebacks (those go to the server's log).
 """
 
@@ -49,10 +50,11 @@ class RunOutput:
 
     source_video: str
     result_video: str
-    scores: str                                 # Markdown
+    scores: str                                 # Markdown: a table's header and its row
     plot: str | None
     record: dict
     files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)      # Markdown lines under the table: not measured, low score
 
 
 class App:
@@ -148,7 +150,7 @@ class App:
         left out, so that the preset's and the model's own values apply. `progress(fraction, text)` is told
         of every step.
         """
-        from .evaluation.metrics import score_videos
+        from .evaluation.selfcheck import check_result, describe
         from .pipeline import slug, transfer_many
         from .video import write_video
 
@@ -174,10 +176,12 @@ class App:
         shown = []
         for r in results:
             write_video(r.output_dir / "source.mp4", r.source, r.fps, min_size=256)
-            scores = score_videos(r.source, r.frames, tracker="flow" if self.shipped else "lk")
+            check = check_result(r)
             lines = ["| prompt | motion fidelity | one-sided | seconds | inversion |", "|---|---|---|---|---|",
-                     f"| {r.prompt} | {scores['motion_fidelity']:.3f} | {scores['motion_fidelity_one_sided']:.3f} "
+                     f"| {r.prompt} | {_cell(check['motion_fidelity'])} | {_cell(check['motion_fidelity_one_sided'])} "
                      f"| {sum(r.timings.values()):.1f} | {'cached' if r.inversion_cached else 'computed'} |"]
+            notes = [f"*{r.prompt}*: {line}" for line in describe(check)
+                     if check["motion_fidelity"] is None or line.startswith("warning")]
             plot = None
             if self.shipped:
                 from .shapes.demo import plot_trajectories
@@ -187,7 +191,7 @@ class App:
             files = [str(r.output_dir / n) for n in ("result.mp4", "comparison.mp4", "source.mp4", "run.json")]
             shown.append(RunOutput(source_video=str(r.output_dir / "source.mp4"),
                                    result_video=str(r.output_dir / "result.mp4"), scores="\n".join(lines),
-                                   plot=plot, record=r.record, files=files + ([plot] if plot else [])))
+                                   plot=plot, record=r.record, files=files + ([plot] if plot else []), notes=notes))
         return shown
 
     # -------------------------------------------------------------------------------------------- gradio
@@ -261,6 +265,9 @@ class App:
                                  dict(zip([n for _, n in NUMBER_OPTIONS], values)), progress=report)
                 first = shown[0]
                 table = "\n".join([shown[0].scores] + [s.scores.splitlines()[-1] for s in shown[1:]])
+                notes = [n for s in shown for n in s.notes]
+                if notes:
+                    table += "\n\n" + "\n\n".join(notes)
                 return (first.source_video, first.result_video, table, first.plot,
                         [f for s in shown for f in s.files], first.record)
 
@@ -284,6 +291,10 @@ def _gradio():
     except ImportError:
         raise MotionTransferError("the web UI needs Gradio: pip install 'motiontransfer[ui]'") from None
     return gradio
+
+
+def _cell(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.3f}"
 
 
 def _enlarge(frame: np.ndarray) -> np.ndarray:

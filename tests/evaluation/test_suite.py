@@ -32,7 +32,7 @@ def test_shipped_shapes_suite_has_enough_cases_with_different_targets():
     for case in cases:
         target = world.parse_caption(case.prompt)
         assert case.frames.shape == (16, 32, 32, 3) and case.centres.shape == (16, 2)
-        assert case.box is not None
+        assert case.box is None           # scored on the whole frame, as every front end scores a pair
         assert target["shape"] and target["colour"] and target["background"]
 
 
@@ -46,7 +46,12 @@ def test_bench_writes_table_plot_and_resumes(suite, tmp_path, monkeypatch):
     records = json.loads((out / "results.json").read_text())["records"]
     assert len(records) == 6
     full = [r for r in records if r["method"] == "full"][0]
-    assert -1.0 <= full["motion_fidelity"] <= 1.0 and 0.0 <= full["text_fidelity"] <= 1.0
+    measured = full["motion_fidelity"]                 # a tiny random model's noise may leave too few tracks
+    assert (measured is None and "too few tracks" in full["motion_fidelity_reason"]) or -1.0 <= measured <= 1.0
+    assert 0.0 <= full["text_fidelity"] <= 1.0
+    row = summary["rows"][0]
+    assert row["motion_fidelity_not_measured"] == sum(r["motion_fidelity"] is None for r in records
+                                                      if r["method"] == "full")
     assert full["counts"]["unet_backward"] > 0
     t2v = [r for r in records if r["method"] == "t2v"][0]
     assert t2v["counts"]["unet_backward"] == 0 and t2v["counts"]["unet_truncated_forward"] == 0

@@ -2,36 +2,64 @@
 
 Motion fidelity
 ---------------
-Points are tracked through both videos from a grid on frame 0 (`track_points`). For an original track tau
-(n of them) and an edited track tau~ (m of them), with frame-to-frame displacements v_k = p_(k+1) - p_k
-(k = 0 .. F-2, K = F-1 of them):
+Points are tracked through both videos from a grid on frame 0 (`track_points`). For a track, v_k = p_(k+1) - p_k
+is its displacement at step k (k = 0 .. F-2); a displacement shorter than `eps` (STATIC_EPS of the frame's short
+side S unless `eps_px` is given) is *still*, and a tracker may mark a step *unreliable* (the flow tracker's
+forward-backward check). For an original track a and an edited track b:
 
-    corr(tau, tau~) = (1/K) sum_k c_k,   c_k = cos(v_k, v~_k)                        (paper, Sec. 5)
-    score = 0.5 * [ (1/m) sum_tau~ max_tau corr  +  (1/n) sum_tau max_tau~ corr ]      in [-1, 1]
+    corr(a, b) = sum_k c_k / #{k: a or b moves at k}        over the steps reliable in both, where
+                 c_k = cos(v_k, v~_k) when both move, 0 when exactly one moves; steps where both are still are
+                 skipped (0 when no step is left). The rule of `shapes.tracking.trajectory_agreement`.
+    w(a, b)    = exp(-D^2 / (2 (POSITION_SIGMA * S)^2)),    D^2 = mean over frames of |p_a(t) - p~_b(t)|^2
+    M(a, b)    = corr(a, b) * w(a, b)
 
-Near-static displacements (the reference divides by |v| unguarded and gets NaN). Here a displacement with
-|v| < eps_px is *static*, and per step:
+A track *moves* when its reliable, not-still steps add up to MOVING_EXTENT * S or more. With the paper's two-sided,
+Chamfer-like match, each half taken over the moving tracks of one video, the best match among all tracks of the
+other:
 
-    both static          c_k = 1    (both videos agree that nothing moves there)
-    exactly one static   c_k = 0    (neither agreement nor disagreement in direction)
-    neither static       c_k = cos(v_k, v~_k)
+    to_edited   = mean over moving original tracks a of  max over edited tracks b   of M(a, b)
+    to_original = mean over moving edited tracks b   of  max over original tracks a of M(a, b)
+    motion_fidelity = the mean of the halves that have a moving track, in [-1, 1];
+                      1.0 when neither video has one (both agree that nothing moves).
 
-so a static video scored against itself gives exactly 1, a static video against a moving one 0, and the
-score is never NaN. `eps_px` is in the pixels of the tracked frames (default `STATIC_EPS_PX`, above LK's
-jitter on still texture, below any motion worth scoring). A consequence: on the full grid, a still, textured
-background matches itself with 1 in both videos and dominates the score, so to score an object's motion give
-its first-frame mask or box (plain backgrounds give LK no texture, their points are dropped).
+`to_original` is the reference code's one direction (`motion_fidelity_one_sided`), without its identity-matrix
+subtraction and with guarded norms. Three departures from the paper's plain form, each measured by the
+calibration (`evaluation.calibration`, README "How far the motion-fidelity score can be trusted"):
 
-In code the correlation matrix is one matrix product. With u = v / |v| for moving steps and u = 0 for static
-ones, and s = 1 for static steps and 0 otherwise:
+- Still tracks do not count as evidence. In the plain form a still step in both tracks scores 1 and every track
+  is averaged, so on the full grid the still background matches itself and dominates: a disc moving the wrong
+  way scored 0.4, and an edit held still about 0.3. Here a held-still edit scores about 0.
+- Where a track runs counts. The plain correlation compares displacements only, so the same motion mirrored
+  left-right (a vertical path is unchanged) or shifted along its path scores as high as the right one; a
+  transfer keeps the layout, and the position weight (POSITION_SIGMA = 0.1 of the short side, 3.2 px at 32x32)
+  counts a match only where the two tracks run near each other.
+- "Could not measure" is not a score: with fewer than `min_tracks` (MIN_TRACKS) valid tracks on either side,
+  `motion_fidelity` is None and `reason` says why, in one line.
 
-    C[a, b] = (1/K) * ( einsum("akc,bkc->ab", u, u~) + einsum("ak,bk->ab", s, s~) )
+In code the correlations are matrix products over unit displacements u (0 for still or unreliable steps), the
+reliability r and the still-and-reliable flags s of each step, in blocks of rows:
 
-(the second term counts the both-static steps; the exactly-one-static steps add 0 through u = 0).
+    corr = (u_a @ u_b.T) / (r_a @ r_b.T - s_a @ s_b.T)          (0 where the denominator is 0)
 
-The reference code scores one direction only: for every edited track, the best-matching original track,
-averaged over the edited tracks, i.e. (1/m) sum_tau~ max_tau corr. It is returned as
-`motion_fidelity_one_sided`, without the reference's identity-matrix subtraction and with guarded norms.
+Trackers
+--------
+"flow" (the default, `DEFAULT_TRACKER`): dense optical flow, OpenCV's DIS (medium preset, refined down to the
+full working size), on one channel per video. Every frame is resized so that its short side is WORK_SIDE px (area averaging to shrink, bicubic to
+enlarge: a 32x32 clip and a 768x576 one are tracked at the same scale) and projected on the video's principal
+colour axis (its direction of most variance in RGB: about the luminance for most footage, and the axis that
+tells a yellow object from a white background, which grey levels barely do), stretched to 0..255. DIS fills
+textureless regions from their edges, which drags a plain background along with the object beside it; a
+static prior undoes that: where zero displacement explains frame t+1 around a pixel as well as the flow does
+(Gaussian-weighted squared differences, sigma STATIC_PRIOR_SIGMA working px, within STATIC_PRIOR_TAU grey
+levels), the flow there is zero. So a plain background stays still, and the inside of a flat-coloured object
+farther than about two sigmas from its edge stays still too (nothing there shows the motion); its edges move.
+Points are chained along the forward flow; a step whose forward-backward round trip misses by more than
+FLOW_FB_MAX_ERR working px is unreliable (left out of every correlation, not the end of the track), a point
+that leaves the frame stops there, and a track with fewer than MIN_RELIABLE_SHARE of its steps reliable is not
+valid. These settings were chosen on the calibration's validation clips, apart from those it reports.
+"lk": OpenCV's pyramidal Lucas-Kanade, chained, with a forward-backward check that ends a track; it needs
+texture (flat objects give it nothing). "cotracker": the paper's tracker, where its package and weights are
+installed (`cotracker_checkpoint`).
 
 Text fidelity
 -------------
@@ -63,7 +91,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_CLIP_MODEL",
-    "STATIC_EPS_PX",
+    "DEFAULT_GRID",
+    "DEFAULT_TRACKER",
+    "MIN_TRACKS",
     "Tracks",
     "clip_text_similarity",
     "motion_fidelity",
@@ -73,11 +103,24 @@ __all__ = [
     "track_points",
 ]
 
-TRACKERS = ("lk", "flow", "cotracker")
-FLOW_FB_MAX_ERR = 2.0   # px at the working size; dense flow is smoother but less exact per point than LK
+TRACKERS = ("flow", "lk", "cotracker")
+DEFAULT_TRACKER = "flow"            # every front end scores with it (score, demo, ui, batch, bench, report)
 DEFAULT_GRID = 55                   # query points per side on frame 0, as in the reference (CoTracker, 55 x 55)
-STATIC_EPS_PX = 0.1                 # px; a displacement shorter than this is "static" (see module docstring)
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
+
+# The score (module docstring). Lengths are fractions of the short side S of the frames scored.
+STATIC_EPS = 0.002                  # a displacement shorter than this is still: 0.25 px at 128, 0.06 px at 32
+MOVING_EXTENT = 0.02                # a track whose reliable moves add up to less than this is still: 0.64 px at 32
+POSITION_SIGMA = 0.1                # the position weight's width: 3.2 px at 32, 12.8 px at 128
+MIN_TRACKS = 10                     # fewer valid tracks than this on either side: not measured (None)
+
+# The flow tracker (module docstring). Pixels at the working size.
+WORK_SIDE = 128                     # px, the short side every video is tracked at
+FLOW_FB_MAX_ERR = 2.0               # px: a step whose forward-backward round trip misses more is unreliable
+MIN_RELIABLE_SHARE = 0.5            # a track with fewer reliable steps than this share is not valid
+STATIC_PRIOR_SIGMA = 4.0            # px, the window of the static prior
+STATIC_PRIOR_TAU = 4.0              # grey levels (RMS) of change that zero displacement may leave unexplained
+_AXIS_SAMPLES = 50_000              # pixels sampled for a video's principal colour axis
 
 # Lucas-Kanade settings. Frames whose short side is below LK_MIN_SIDE are upsampled (bicubic) to it before
 # tracking, so that small frames (32 x 32) still give LK enough pixels inside its window; coordinates are mapped
@@ -88,7 +131,7 @@ LK_MIN_SIDE = 128                   # px, working short side at least this
 LK_FB_MAX_ERR = 1.0                 # px at working resolution: forward-backward round-trip error allowed per step
 LK_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.01)
 
-_CORR_CHUNK_BYTES = 128 * 2**20     # one block of correlation rows (float64); with temporaries about 3x this
+_CORR_CHUNK_BYTES = 64 * 2**20      # one block of correlation rows (float64); with temporaries about 5x this
 _CLIP_BATCH = 16                    # frames per CLIP forward pass
 _CLIP_CACHE: dict[tuple[str, str], tuple[object, object]] = {}
 
@@ -97,14 +140,16 @@ _CLIP_CACHE: dict[tuple[str, str], tuple[object, object]] = {}
 class Tracks:
     """Point tracks through one video.
 
-    `xy` holds every query point; a track that the tracker lost keeps its last position for the remaining frames
-    and has `valid` False. Only valid tracks enter `motion_fidelity`.
+    `xy` holds every query point; a track that the tracker lost keeps its last position for the remaining frames.
+    Only valid tracks enter `motion_fidelity`, and of those only their reliable steps.
     """
 
     xy: np.ndarray                  # (N, F, 2) float32 pixels (x right, y down)
     valid: np.ndarray               # (N,) bool, kept tracks
-    tracker: str = "unknown"        # which tracker made them ("lk", "cotracker", ...)
+    tracker: str = "unknown"        # which tracker made them ("flow", "lk", "cotracker", ...)
     grid: int | None = None         # query grid size per side, None for explicit query points
+    reliable: np.ndarray | None = None   # (N, F-1) bool, steps the tracker vouches for; None: every step
+    size: tuple[int, int] | None = None  # (H, W) of the frames tracked: the scale of the score's lengths
 
     @property
     def num_valid(self) -> int:
@@ -175,6 +220,16 @@ def _region_box(mask, box) -> tuple[float, float, float, float] | None:
     return x0, y0, x1, y1
 
 
+def _resize(frames: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Every frame (F, H, W, C) to (height, width): area averaging to shrink, bicubic to enlarge."""
+    if frames.shape[1:3] == (height, width):
+        return frames
+    shrink = frames.shape[1] * frames.shape[2] > height * width
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+    out = [cv2.resize(f, (width, height), interpolation=interp) for f in frames]
+    return np.stack([o.reshape(height, width, *frames.shape[3:]) for o in out])
+
+
 # --------------------------------------------------------------------------------------------- trackers
 
 
@@ -182,7 +237,7 @@ def track_points(
     frames: np.ndarray,
     points: np.ndarray | None = None,
     *,
-    tracker: str = "lk",
+    tracker: str = DEFAULT_TRACKER,
     grid: int = DEFAULT_GRID,
     mask: np.ndarray | None = None,
     box=None,
@@ -192,9 +247,9 @@ def track_points(
 
     points: explicit query points (N, 2) (x, y) on frame 0; when given, `grid` is not used and `mask`/`box` must
     be None. Otherwise the query points are `query_grid(H, W, grid, mask=mask, box=box)`.
-    tracker: "lk" (OpenCV pyramidal Lucas-Kanade, chained frame to frame with a forward-backward check), "flow"
-    (dense DIS optical flow, chained, same check; for flat-coloured objects such as the shapes world) or
-    "cotracker" (needs the `cotracker` package and `cotracker_checkpoint`).
+    tracker: "flow" (dense DIS optical flow, chained, the default; module docstring), "lk" (OpenCV pyramidal
+    Lucas-Kanade, chained frame to frame with a forward-backward check; needs texture) or "cotracker" (needs the
+    `cotracker` package and `cotracker_checkpoint`).
     """
     frames = check_frames(frames)
     if tracker not in TRACKERS:
@@ -208,13 +263,14 @@ def track_points(
     else:
         query = query_grid(height, width, grid, mask=mask, box=box)
         used_grid = int(grid)
+    reliable = None
     if tracker == "lk":
         xy, valid = _track_lk(frames, query)
     elif tracker == "flow":
-        xy, valid = _track_flow(frames, query)
+        xy, valid, reliable = _track_flow(frames, query)
     else:
         xy, valid = _track_cotracker(frames, query, cotracker_checkpoint)
-    return Tracks(xy=xy, valid=valid, tracker=tracker, grid=used_grid)
+    return Tracks(xy=xy, valid=valid, tracker=tracker, grid=used_grid, reliable=reliable, size=(height, width))
 
 
 def _lk_params(short_side: int) -> tuple[tuple[int, int], int]:
@@ -288,27 +344,77 @@ def _track_lk(frames: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.nda
     return _chain(frames, query, step)
 
 
+def principal_channel(frames: np.ndarray) -> np.ndarray:
+    """(F, H, W, 3) uint8 -> (F, H, W) uint8: every pixel projected on the video's principal colour axis (the
+    leading eigenvector of the covariance of its colours, oriented towards white), stretched to 0..255. A video
+    of one colour gives zeros."""
+    rgb = frames.astype(np.float32)
+    pixels = rgb.reshape(-1, 3)
+    sample = pixels[:: max(1, len(pixels) // _AXIS_SAMPLES)]
+    mean = sample.mean(axis=0)
+    _, vectors = np.linalg.eigh(np.cov((sample - mean).T.astype(np.float64)) + np.eye(3) * 1e-9)
+    axis = vectors[:, -1] if vectors[:, -1].sum() >= 0 else -vectors[:, -1]
+    projected = (rgb - mean) @ axis.astype(np.float32)                         # (F, H, W)
+    lo, hi = float(projected.min()), float(projected.max())
+    if hi - lo < 1e-3:
+        return np.zeros(projected.shape, np.uint8)
+    return np.clip((projected - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+
+
+def _static_prior(a: np.ndarray, b: np.ndarray, flow: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """`flow` (H, W, 2) from a to b with zero where zero displacement explains b around a pixel as well as the
+    flow does, within STATIC_PRIOR_TAU grey levels (module docstring). `grid` (2, H, W): pixel coordinates."""
+    a, b = a.astype(np.float32), b.astype(np.float32)
+    warped = cv2.remap(b, grid[0] + flow[..., 0], grid[1] + flow[..., 1], cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REPLICATE)
+    unmoved = cv2.GaussianBlur((b - a) ** 2, (0, 0), STATIC_PRIOR_SIGMA)
+    moved = cv2.GaussianBlur((warped - a) ** 2, (0, 0), STATIC_PRIOR_SIGMA)
+    out = flow.copy()
+    out[unmoved <= moved + STATIC_PRIOR_TAU ** 2] = 0.0
+    return out
+
+
 def _sample_flow(flow: np.ndarray, p: np.ndarray) -> np.ndarray:
     """Bilinear samples of a dense flow (H, W, 2) at points (n, 2) in OpenCV coordinates."""
     maps = p.reshape(1, -1, 2).astype(np.float32)
     return cv2.remap(flow, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0]
 
 
-def _track_flow(frames: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Dense optical flow (OpenCV's DIS, variational refinement), chained, with the same forward-backward check
-    as LK. The flow's smoothness term fills textureless regions from their edges, so points inside a flat-coloured
-    object move with it and points on a plain background stay put: what LK cannot do (the shapes world)."""
+def _track_flow(frames: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The flow tracker (module docstring): (xy (N, F, 2) input px, valid (N,), reliable (N, F-1))."""
+    num_frames, height, width, _ = frames.shape
+    scale = WORK_SIDE / min(height, width)
+    work_w, work_h = max(1, round(width * scale)), max(1, round(height * scale))
+    sx, sy = work_w / width, work_h / height
+    grays = principal_channel(_resize(frames, work_w, work_h))                # (F, h, w) uint8
+    grid = np.stack(np.mgrid[0:work_h, 0:work_w][::-1]).astype(np.float32)    # (2, h, w): x, y
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    dis.setFinestScale(0)                                     # the preset stops at half size: 3 px of drift in 15
 
-    def step(a, b, p0, inside):
-        forward = dis.calc(a, b, None)
-        backward = dis.calc(b, a, None)
-        p1 = p0 + _sample_flow(forward, p0)
-        p0_back = p1 + _sample_flow(backward, p1)
-        ok = (np.linalg.norm(p0_back - p0, axis=1) <= FLOW_FB_MAX_ERR) & inside(p1)
-        return p1, ok
+    def flow(a, b):
+        return _static_prior(a, b, dis.calc(a, b, None), grid)
 
-    return _chain(frames, query, step)
+    cur = np.stack([query[:, 0] * sx - 0.5, query[:, 1] * sy - 0.5], axis=1).astype(np.float32)  # OpenCV coords
+
+    def inside(p: np.ndarray) -> np.ndarray:
+        return (p[:, 0] >= -0.5) & (p[:, 0] <= work_w - 0.5) & (p[:, 1] >= -0.5) & (p[:, 1] <= work_h - 0.5)
+
+    alive = inside(cur)
+    reliable = np.zeros((len(query), max(num_frames - 1, 0)), bool)
+    xy = np.empty((len(query), num_frames, 2), np.float32)
+    xy[:, 0] = cur
+    for t in range(1, num_frames):
+        forward, backward = flow(grays[t - 1], grays[t]), flow(grays[t], grays[t - 1])
+        moved = cur + _sample_flow(forward, cur)
+        back = moved + _sample_flow(backward, moved)
+        alive &= inside(moved)
+        reliable[:, t - 1] = alive & (np.linalg.norm(back - cur, axis=1) <= FLOW_FB_MAX_ERR)
+        cur = np.where(alive[:, None], moved, cur)
+        xy[:, t] = cur
+    xy[..., 0] = (xy[..., 0] + 0.5) / sx
+    xy[..., 1] = (xy[..., 1] + 0.5) / sy
+    valid = reliable.mean(axis=1) >= MIN_RELIABLE_SHARE if num_frames > 1 else alive.copy()
+    return xy, valid, reliable
 
 
 def _track_cotracker(frames: np.ndarray, query: np.ndarray, checkpoint) -> tuple[np.ndarray, np.ndarray]:
@@ -317,7 +423,7 @@ def _track_cotracker(frames: np.ndarray, query: np.ndarray, checkpoint) -> tuple
     how = (
         "install it with `pip install git+https://github.com/facebookresearch/co-tracker`, download a checkpoint "
         "(e.g. scaled_offline.pth from its README) and pass its path with --cotracker-checkpoint "
-        "(cotracker_checkpoint=...), or use the built-in tracker 'lk'"
+        "(cotracker_checkpoint=...), or use the built-in tracker 'flow'"
     )
     try:
         from cotracker.predictor import CoTrackerPredictor
@@ -344,46 +450,70 @@ def _track_cotracker(frames: np.ndarray, query: np.ndarray, checkpoint) -> tuple
 # --------------------------------------------------------------------------------------------- the score
 
 
-def _unit_displacements(xy: np.ndarray, eps_px: float) -> tuple[np.ndarray, np.ndarray]:
-    """(N, F, 2) tracks -> unit displacements u (N, K*2) with 0 for static steps, static flags s (N, K)."""
-    disp = np.diff(xy.astype(np.float64), axis=1)                                # (N, K, 2)
+def _steps(xy: np.ndarray, reliable: np.ndarray, eps: float):
+    """(N, F, 2) tracks and (N, K) reliable steps -> unit displacements u (N, K*2), 0 for still or unreliable
+    steps; reliability r (N, K) and still-and-reliable flags s (N, K), float64."""
+    disp = np.diff(xy, axis=1)                                                   # (N, K, 2)
     norm = np.linalg.norm(disp, axis=-1)                                         # (N, K)
-    static = norm < eps_px
-    unit = np.where(static[..., None], 0.0, disp / np.maximum(norm, eps_px)[..., None])
-    return unit.reshape(len(xy), -1), static.astype(np.float64)
+    r = reliable.astype(np.float64)
+    still = (norm < eps) * r
+    unit = disp / np.maximum(norm, eps)[..., None] * ((1.0 - still) * r)[..., None]
+    return unit.reshape(len(xy), -1), r, still
 
 
-def _max_correlations(ua, sa, ub, sb, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column maxima of C = (ua @ ub.T + sa @ sb.T) / K without holding all of C when it is large.
+def _best_matches(a: tuple, b: tuple, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column maxima of M = corr * w (module docstring) without holding all of M when it is large.
 
-    Returns (best match in b for every a-track (n,), best match in a for every b-track (m,)).
+    a, b: (xy (N, F, 2), u, r, s) of each side. Returns (best match in b for every a-track (n,), best match in a
+    for every b-track (m,)).
     """
-    n, m = len(ua), len(ub)
+    xa, ua, ra, sa = a
+    xb, ub, rb, sb = b
+    n, m, num_frames = len(xa), len(xb), xa.shape[1]
+    flat_b = xb.reshape(m, -1)
+    sq_b = (flat_b ** 2).sum(axis=1)
     rows = max(1, int(_CORR_CHUNK_BYTES // (8 * max(m, 1))))
     best_a = np.empty(n)
     best_b = np.full(m, -np.inf)
     for start in range(0, n, rows):
         stop = min(n, start + rows)
-        # einsum("akc,bkc->ab") over unit displacements + einsum("ak,bk->ab") over static flags, as matmuls
-        block = (ua[start:stop] @ ub.T + sa[start:stop] @ sb.T) / num_steps   # (rows, m)
+        flat_a = xa[start:stop].reshape(stop - start, -1)
+        steps = ra[start:stop] @ rb.T - sa[start:stop] @ sb.T                    # (rows, m) steps compared
+        corr = np.divide(ua[start:stop] @ ub.T, steps, out=np.zeros_like(steps), where=steps > 0)
+        dist2 = ((flat_a ** 2).sum(axis=1)[:, None] + sq_b[None] - 2.0 * flat_a @ flat_b.T) / num_frames
+        block = corr * np.exp(-np.maximum(dist2, 0.0) / (2.0 * sigma ** 2))
         best_a[start:stop] = block.max(axis=1)
         np.maximum(best_b, block.max(axis=0), out=best_b)
     return best_a, best_b
 
 
-def motion_fidelity(tracks_a: Tracks, tracks_b: Tracks, *, eps_px: float = STATIC_EPS_PX) -> dict:
-    """The paper's motion-fidelity score between original tracks `tracks_a` and edited tracks `tracks_b`.
+def _frame_side(tracks_a: Tracks, tracks_b: Tracks, size) -> float:
+    size = size if size is not None else tracks_a.size or tracks_b.size
+    if size is None:
+        raise ConfigError("motion_fidelity needs the frame size (H, W): pass size=, or tracks from track_points")
+    return float(min(size))
+
+
+def motion_fidelity(tracks_a: Tracks, tracks_b: Tracks, *, eps_px: float | None = None,
+                    size: tuple[int, int] | None = None, min_tracks: int = MIN_TRACKS) -> dict:
+    """The motion-fidelity score between original tracks `tracks_a` and edited tracks `tracks_b` (both over the
+    same frames, in the pixels of frames of `size` (H, W), default the tracks' own; module docstring).
 
     Returns a dict with
-      motion_fidelity            0.5 * (mean over edited of best original + mean over original of best edited)
-      motion_fidelity_one_sided  mean over edited tracks of the best original track (the reference's direction)
-      motion_fidelity_original_to_edited  the other half: mean over original tracks of the best edited track
+      motion_fidelity            the two-sided score in [-1, 1], or None when either side has fewer than
+                                 `min_tracks` valid tracks (then `reason` says so)
+      motion_fidelity_one_sided  the edited half alone (the reference's direction), None without a moving
+                                 edited track
+      motion_fidelity_original_to_edited  the original half, None without a moving original track
+      reason                     None, or one line on why there is no score
       tracks_original, tracks_edited      how many valid tracks were scored
+      moving_original, moving_edited      how many of them move
       tracker, grid, eps_px, frames       how they were made
-    All scores are finite and in [-1, 1]. If either side has no valid track, the scores are 0.0 (no evidence)
-    and a warning is logged. With a single frame there is no displacement: every pair counts as static-static
-    and the scores are 1.0.
+    The scores are never NaN. With a single frame nothing moves, and the score is 1.0.
     """
+    side = _frame_side(tracks_a, tracks_b, size)
+    if eps_px is None:
+        eps_px = STATIC_EPS * side
     try:
         eps_ok = math.isfinite(float(eps_px)) and float(eps_px) > 0
     except (TypeError, ValueError):
@@ -391,7 +521,7 @@ def motion_fidelity(tracks_a: Tracks, tracks_b: Tracks, *, eps_px: float = STATI
     if not eps_ok:
         raise ConfigError(f"eps_px must be a positive number of pixels, got {eps_px!r}")
     eps_px = float(eps_px)
-    xa, xb = np.asarray(tracks_a.xy), np.asarray(tracks_b.xy)
+    xa, xb = np.asarray(tracks_a.xy, np.float64), np.asarray(tracks_b.xy, np.float64)
     if xa.ndim != 3 or xa.shape[-1] != 2 or xb.ndim != 3 or xb.shape[-1] != 2:
         raise ValueError(f"tracks must be (N, F, 2), got {xa.shape} and {xb.shape}")
     if xa.shape[1] != xb.shape[1]:
@@ -399,57 +529,67 @@ def motion_fidelity(tracks_a: Tracks, tracks_b: Tracks, *, eps_px: float = STATI
             f"the two track sets cover different frame counts ({xa.shape[1]} and {xb.shape[1]}); "
             "track videos of equal length (score_videos trims to the shorter)"
         )
-    # a track with a non-finite coordinate is never scored
-    keep_a = np.asarray(tracks_a.valid, dtype=bool) & np.isfinite(xa).all(axis=(1, 2))
-    keep_b = np.asarray(tracks_b.valid, dtype=bool) & np.isfinite(xb).all(axis=(1, 2))
-    xa, xb = xa[keep_a], xb[keep_b]
+    sides = []
+    for tracks, xy in ((tracks_a, xa), (tracks_b, xb)):
+        keep = np.asarray(tracks.valid, dtype=bool) & np.isfinite(xy).all(axis=(1, 2))  # non-finite: never scored
+        steps = (np.ones((len(xy), xy.shape[1] - 1), bool) if tracks.reliable is None
+                 else np.asarray(tracks.reliable, dtype=bool))
+        xy, steps = xy[keep], steps[keep]
+        lengths = np.linalg.norm(np.diff(xy, axis=1), axis=-1)                  # (n, K)
+        moved = np.where(steps & (lengths >= eps_px), lengths, 0.0).sum(axis=1)  # over the reliable steps
+        sides.append((xy, steps, moved >= MOVING_EXTENT * side))
+    (xa, steps_a, moving_a), (xb, steps_b, moving_b) = sides
     n, m, num_frames = len(xa), len(xb), xa.shape[1]
     result = {
+        "motion_fidelity": None,
+        "motion_fidelity_one_sided": None,
+        "motion_fidelity_original_to_edited": None,
+        "reason": None,
         "tracks_original": int(n),
         "tracks_edited": int(m),
+        "moving_original": int(moving_a.sum()),
+        "moving_edited": int(moving_b.sum()),
         "tracker": tracks_a.tracker if tracks_a.tracker == tracks_b.tracker
         else f"{tracks_a.tracker}/{tracks_b.tracker}",
         "grid": tracks_a.grid if tracks_a.grid == tracks_b.grid else [tracks_a.grid, tracks_b.grid],
-        "eps_px": float(eps_px),
+        "eps_px": eps_px,
         "frames": int(num_frames),
     }
-    if n == 0 or m == 0:
-        logger.warning("motion fidelity: no valid tracks (original %d, edited %d); scoring 0.0", n, m)
-        to_orig = to_edit = 0.0
-    elif num_frames < 2:
-        to_orig = to_edit = 1.0
-    else:
-        ua, sa = _unit_displacements(xa, eps_px)
-        ub, sb = _unit_displacements(xb, eps_px)
-        best_for_orig, best_for_edit = _max_correlations(ua, sa, ub, sb, num_frames - 1)
-        to_edit = float(np.clip(best_for_orig.mean(), -1.0, 1.0))   # (1/n) sum_tau max_tau~ corr
-        to_orig = float(np.clip(best_for_edit.mean(), -1.0, 1.0))   # (1/m) sum_tau~ max_tau corr
-    result["motion_fidelity"] = 0.5 * (to_orig + to_edit)
-    result["motion_fidelity_one_sided"] = to_orig
-    result["motion_fidelity_original_to_edited"] = to_edit
+    if n < min_tracks or m < min_tracks:
+        result["reason"] = (f"not measured: too few tracks survived ({n} in the original, {m} in the edit; "
+                            f"{min_tracks} needed on each side)")
+        logger.warning("motion fidelity %s", result["reason"])
+        return result
+    if num_frames < 2 or not (moving_a.any() or moving_b.any()):
+        result.update(motion_fidelity=1.0, motion_fidelity_one_sided=1.0,
+                      motion_fidelity_original_to_edited=1.0)      # neither video moves: they agree
+        return result
+    a = (xa, *_steps(xa, steps_a, eps_px))
+    b = (xb, *_steps(xb, steps_b, eps_px))
+    best_for_a, best_for_b = _best_matches(a, b, POSITION_SIGMA * side)
+    halves = {}
+    if moving_a.any():
+        halves["motion_fidelity_original_to_edited"] = float(np.clip(best_for_a[moving_a].mean(), -1.0, 1.0))
+    if moving_b.any():
+        halves["motion_fidelity_one_sided"] = float(np.clip(best_for_b[moving_b].mean(), -1.0, 1.0))
+    result.update(halves)
+    result["motion_fidelity"] = float(np.mean(list(halves.values())))
     return result
-
-
-def _match_size(edited: np.ndarray, height: int, width: int) -> np.ndarray:
-    if edited.shape[1:3] == (height, width):
-        return edited
-    shrink = edited.shape[1] * edited.shape[2] > height * width
-    interp = cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
-    return np.stack([cv2.resize(f, (width, height), interpolation=interp) for f in edited])
 
 
 def score_videos(
     original: np.ndarray,
     edited: np.ndarray,
     *,
-    tracker: str = "lk",
+    tracker: str = DEFAULT_TRACKER,
     grid: int = DEFAULT_GRID,
     mask: np.ndarray | None = None,
     box=None,
     cotracker_checkpoint: str | Path | None = None,
-    eps_px: float = STATIC_EPS_PX,
+    eps_px: float | None = None,
 ) -> dict:
-    """Motion fidelity of `edited` with respect to `original`, both (F, H, W, 3) uint8 RGB.
+    """Motion fidelity of `edited` with respect to `original`, both (F, H, W, 3) uint8 RGB: the one scorer every
+    front end calls (`motiontransfer score`, the demo, the UI, batch, bench and report), with these defaults.
 
     The edited video is resized to the original's H x W (INTER_AREA to shrink, INTER_CUBIC to enlarge) and both
     are cut to the shorter frame count (reported as `frames`, with `frames_original` and `frames_edited`).
@@ -458,14 +598,12 @@ def score_videos(
     the grid points inside them. The edited object may have another shape, so its exact mask does not carry
     over: the edited video's query points are the grid points inside the bounding box of the mask (or the box),
     which is where the edited object starts when the layout is kept, as in the reference (which uses the
-    mask's box for both videos). Querying the edited video on the full grid instead would add every static
-    background track to the edited side, which finds no match among the original's (moving) object tracks and
-    pulls the edited-to-original half towards 0 (a square and a disc on the same path over a textured 64 px
-    background: 0.53 that way, 0.95 with the box).
+    mask's box for both videos). Without them the whole frame is scored; still tracks do not dilute the score
+    (module docstring), so a region is only needed to single out one of several moving things.
     """
     original, edited = check_frames(original, "original"), check_frames(edited, "edited")
     _, height, width, _ = original.shape
-    edited = _match_size(edited, height, width)
+    edited = _resize(edited, width, height)
     num_frames = min(len(original), len(edited))
     if len(original) != len(edited):
         logger.info("score_videos: frame counts differ (%d, %d); using the first %d",
@@ -486,14 +624,36 @@ def score_videos(
     return result
 
 
+PREVIEW_BLOCK_ERR = 8.0             # grey levels: the 99th percentile of |frame - its block means| of a preview
+
+
+def native_frames(frames: np.ndarray) -> np.ndarray:
+    """`frames` shrunk by the largest factor k (2 .. side / 16) that divides both sides and for which they are
+    k x k blocks of one colour: the 99th percentile of their distance to the block means is at most
+    PREVIEW_BLOCK_ERR (H.264 leaves about 3 on a preview; footage 40 or more). Other frames come back as they are."""
+    num, height, width, _ = frames.shape
+    sample = frames[:: max(1, num // 4)].astype(np.float32)
+    for k in range(min(height, width) // 16, 1, -1):
+        if height % k or width % k:
+            continue
+        blocks = sample.reshape(len(sample), height // k, k, width // k, k, 3).mean(axis=(2, 4))
+        spread = np.abs(np.repeat(np.repeat(blocks, k, axis=1), k, axis=2) - sample)
+        if np.percentile(spread, 99) <= PREVIEW_BLOCK_ERR:
+            means = frames.reshape(num, height // k, k, width // k, k, 3).mean(axis=(2, 4))
+            return np.clip(np.rint(means), 0, 255).astype(np.uint8)
+    return frames
+
+
 def score_files(original: str | Path, edited: str | Path, *, mask: str | Path | None = None,
-                box: tuple[float, float, float, float] | None = None, tracker: str = "lk", grid: int = DEFAULT_GRID,
-                cotracker_checkpoint: str | Path | None = None, output: str | Path | None = None,
-                limits=None) -> dict:
+                box: tuple[float, float, float, float] | None = None, tracker: str = DEFAULT_TRACKER,
+                grid: int = DEFAULT_GRID, cotracker_checkpoint: str | Path | None = None,
+                output: str | Path | None = None, limits=None) -> dict:
     """`score_videos` of two video files or image folders (`motiontransfer score`). `mask` is an image of the
     original's first frame (white = the object), resized to the video's size when it differs; `output`, when
     given, also receives the result as JSON. The edited video is read first, then only as many frames of the
-    original (within `limits`, a `config.InputLimits`)."""
+    original (within `limits`, a `config.InputLimits`). A video that is an enlarged preview (`video.write_video`
+    with `min_size`: every k x k block one colour, up to the codec's noise) is scored at its own size
+    (`native_frames`), as the transfer that wrote it scored it."""
     import json
 
     from ..video import atomic_write_text, read_video
@@ -504,8 +664,8 @@ def score_files(original: str | Path, edited: str | Path, *, mask: str | Path | 
         if image is None:
             raise MotionTransferError(f"cannot read the mask image {mask}")
         mask_array = image > 127
-    edited_frames = read_video(edited, limits=limits).frames
-    frames = read_video(original, frames=len(edited_frames), limits=limits, allow_fewer=True).frames
+    edited_frames = native_frames(read_video(edited, limits=limits).frames)
+    frames = native_frames(read_video(original, frames=len(edited_frames), limits=limits, allow_fewer=True).frames)
     if mask_array is not None and mask_array.shape != frames.shape[1:3]:
         mask_array = cv2.resize(mask_array.astype("uint8"), frames.shape[1:3][::-1],
                                 interpolation=cv2.INTER_NEAREST) > 0

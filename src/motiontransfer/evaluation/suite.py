@@ -9,7 +9,7 @@ Suite format (YAML; paths relative to the file):
     model: null                    # optional: a model folder or hub id for every case (default: shipped)
     text_fidelity: clip            # clip (CLIP text-frame similarity) or attributes (the shapes world's classifier)
     clip_model: openai/clip-vit-base-patch32
-    tracker: lk                    # lk, or flow for flat-coloured objects (the shapes suite); see metrics.py
+    tracker: flow                  # optional: flow (the default of every front end), lk or cotracker; metrics.py
     options: {steps: 50}           # optional TransferConfig fields applied to every method
     cases:
       - name: car-to-bike          # optional; default case-NN
@@ -17,6 +17,10 @@ Suite format (YAML; paths relative to the file):
         prompt: a bike on a road
         source_prompt: a car       # optional
         box: [10, 20, 200, 150]    # optional first-frame box of the object (x0, y0, x1, y1 pixels) for scoring
+
+Without a box a case is scored on the whole frame, as `motiontransfer score` and every other front end score
+it (`metrics.score_videos` with its defaults), so a bench result and the same pair scored elsewhere agree.
+A result that could not be measured counts in no mean; each row says how many were left out.
 
 Every (case, method) result is written to `cases/<case>/<method>.json` as soon as it is done; a second run
 skips what is there (resumable). The summary goes to results.json, results.md and scatter.png. With `--ray`
@@ -38,6 +42,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..models import model_defaults
+from .metrics import DEFAULT_GRID, DEFAULT_TRACKER
 from ..video import atomic_path, atomic_write_text, read_video, write_video
 
 logger = logging.getLogger(__name__)
@@ -97,9 +102,7 @@ def load_suite(suite: str | Path, model: str | None = None) -> tuple[dict, list[
             size = int(w.pop("size")) if "size" in w else model_defaults(spec.get("model")).width
             count = int(w.pop("frames", 16))
             clip = world.sample_clip(np.random.default_rng(int(w.pop("seed"))), size=size, frames=count, **w)
-            frames, fps, centres = clip.frames, 8.0, clip.centres
-            ys, xs = np.nonzero(clip.masks[0])
-            box = c.get("box") or (xs.min() - 2.0, ys.min() - 2.0, xs.max() + 3.0, ys.max() + 3.0)
+            frames, fps, centres, box = clip.frames, 8.0, clip.centres, c.get("box")
         elif "video" in c:
             video = read_video(path.parent / c["video"])
             frames, fps, box = video.frames, video.fps, c.get("box")
@@ -113,15 +116,17 @@ def load_suite(suite: str | Path, model: str | None = None) -> tuple[dict, list[
     return spec, cases
 
 
-def score_case(case: Case, frames: np.ndarray, spec: dict, grid: int) -> dict:
+def score_case(case: Case, frames: np.ndarray, spec: dict, grid: int = DEFAULT_GRID) -> dict:
     """Motion fidelity against the source, text fidelity, and for world cases the object's trajectory."""
     from .metrics import clip_text_similarity, score_videos
 
     source = case.frames[:len(frames)]
     scores: dict[str, Any] = {}
-    mf = score_videos(source, frames, grid=grid, box=case.box, tracker=spec.get("tracker", "lk"))
+    mf = score_videos(source, frames, grid=grid, box=case.box, tracker=spec.get("tracker", DEFAULT_TRACKER))
     scores["motion_fidelity"] = mf["motion_fidelity"]
     scores["motion_fidelity_one_sided"] = mf["motion_fidelity_one_sided"]
+    if mf["reason"]:
+        scores["motion_fidelity_reason"] = mf["reason"]
     if spec.get("text_fidelity", "clip") == "attributes":
         from ..shapes.classifier import attribute_fidelity
         from ..shapes.tracking import object_track, trajectory_agreement
@@ -173,8 +178,10 @@ def summarise(records: list[dict], methods: list[str]) -> list[dict]:
             values = [float(r[key]) for r in rs if r.get(key) is not None and np.isfinite(float(r[key]))]
             return float(np.mean(values)) if values else None
 
+        measured = [float(r["motion_fidelity"]) for r in rs if r.get("motion_fidelity") is not None]
         row = {"method": m, "cases": len(rs), "motion_fidelity": mean("motion_fidelity"),
-               "motion_fidelity_std": float(np.std([r["motion_fidelity"] for r in rs])),
+               "motion_fidelity_std": float(np.std(measured)) if measured else None,
+               "motion_fidelity_not_measured": len(rs) - len(measured),
                "text_fidelity": mean("text_fidelity"), "seconds": mean("seconds"),
                "unet_forward": mean_count(rs, "unet_forward"), "unet_truncated_forward":
                    mean_count(rs, "unet_truncated_forward"), "unet_backward": mean_count(rs, "unet_backward")}
@@ -199,8 +206,8 @@ def markdown_table(rows: list[dict], text_kind: str) -> str:
     head += ["s / video", "UNet fwd", "truncated fwd", "bwd"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["method"], str(r["cases"]), f"{r['motion_fidelity']:.3f} ± {r['motion_fidelity_std']:.3f}",
-                 "" if r["text_fidelity"] is None else f"{r['text_fidelity']:.3f}"]
+        cells = [r["method"], str(r["cases"]), _mean_cell(r), "" if r["text_fidelity"] is None
+                 else f"{r['text_fidelity']:.3f}"]
         for k in extra:
             v = r.get(k)
             cells.append("" if v is None else f"{100 * v:.0f}" if k.endswith("_ok") else f"{v:.2f}")
@@ -208,6 +215,15 @@ def markdown_table(rows: list[dict], text_kind: str) -> str:
                   f"{r['unet_backward']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _mean_cell(row: dict) -> str:
+    """"0.650 ± 0.120", "... (2 not measured)", or "not measured" when no case was."""
+    skipped = row.get("motion_fidelity_not_measured", 0)
+    if row["motion_fidelity"] is None:
+        return "not measured"
+    cell = f"{row['motion_fidelity']:.3f} ± {row['motion_fidelity_std']:.3f}"
+    return cell + (f" ({skipped} not measured)" if skipped else "")
 
 
 def scatter(rows: list[dict], path: Path, title: str, text_kind: str) -> None:
@@ -219,6 +235,8 @@ def scatter(rows: list[dict], path: Path, title: str, text_kind: str) -> None:
     fig, ax = plt.subplots(figsize=(6.8, 4.2), dpi=120)
     markers = "ovsD^<>pPhX"
     for i, r in enumerate(rows):                    # a legend, not labels: methods often sit on top of each other
+        if r["motion_fidelity"] is None or r["text_fidelity"] is None:
+            continue
         full = r["method"] == "full"
         ax.scatter(r["text_fidelity"], r["motion_fidelity"], s=110 if full else 45, marker="*" if full else
                    markers[i % len(markers)], zorder=4 if full else 3, alpha=0.85, label=r["method"])
@@ -247,7 +265,7 @@ def bench_task(item: tuple[Case, str, dict, int, int, str]) -> dict:
 
 
 def bench_suite(suite: str | Path, output_dir: str | Path, *, methods: list[str] | None = None,
-                limit: int | None = None, seed: int = 0, grid: int = 30, quiet: bool = False,
+                limit: int | None = None, seed: int = 0, grid: int = DEFAULT_GRID, quiet: bool = False,
                 options: dict | None = None, model: str | None = None, ray_address: str | None = None,
                 ray_init: dict | None = None) -> dict:
     """Runs every case through every method, scores them, and writes results.json/.md and scatter.png.

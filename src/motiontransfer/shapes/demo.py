@@ -2,7 +2,9 @@
 
 Makes a source clip in the synthetic world (or takes a video), picks a target prompt whose shape and colour
 both differ from the source's, runs the method, and writes next to the usual outputs `source.mp4` and
-`trajectory.png`: the object's path in the source and in the result, frame by frame.
+`trajectory.png`: the object's path in the source and in the result, frame by frame. run.json records both
+judgements of the result: the objects' velocity cosine (`tracking.trajectory_agreement`) and the motion fidelity
+that every front end reports (`evaluation.selfcheck`).
 
 The demo shows the method itself: every guided step is optimised (`reuse_every=1`, the paper's recipe at the
 default 25 steps) unless the caller sets `reuse_every`. The cheaper default (`--reuse-every 3`) kept the motion
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..evaluation.selfcheck import self_check
 from ..models import model_defaults
 from ..pipeline import TransferResult, result_folders, transfer, write_outputs
 from ..video import atomic_path, write_video
@@ -78,6 +81,7 @@ class DemoResult:
     prompt: str
     trajectory: dict                # `tracking.trajectory_agreement` of the two objects' centres
     transfer: TransferResult
+    self_check: dict                # `evaluation.selfcheck.self_check`: the result's motion fidelity
 
 
 def demo(video: str | Path | None = None, prompt: str | None = None, output_dir: str | Path = "outputs/demo", *,
@@ -109,9 +113,10 @@ def demo(video: str | Path | None = None, prompt: str | None = None, output_dir:
                                      "trajectory": plot_trajectories(result.source, result.frames,
                                                                      folder / "trajectory.png",
                                                                      f"{source_caption}  ->  {prompt}")}
+            result.record["self_check"] = self_check(result.source, result.frames)
 
         write_outputs(out, result, result.record, extra=extras)
-    agreement = result.record["demo"]["trajectory"]
-    logger.info("source: %s\ntarget: %s\nvelocity cosine %.2f, centre error %.1f px, %.1f s", source_caption, prompt,
-                agreement["velocity_cosine"], agreement["centre_error"], sum(result.timings.values()))
-    return DemoResult(output_dir=out, source=source_caption, prompt=prompt, trajectory=agreement, transfer=result)
+    agreement, check = result.record["demo"]["trajectory"], result.record["self_check"]
+    logger.info("source: %s\ntarget: %s\n%.1f s", source_caption, prompt, sum(result.timings.values()))
+    return DemoResult(output_dir=out, source=source_caption, prompt=prompt, trajectory=agreement, transfer=result,
+                      self_check=check)

@@ -91,20 +91,26 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
-def _judge(frames: np.ndarray, target: dict, source_centres: np.ndarray | None = None) -> dict:
-    """Attributes, coherence and (given the source's true centres) trajectory agreement of one video."""
+def _judge(frames: np.ndarray, target: dict, source: world.Clip | None = None) -> dict:
+    """Attributes, coherence and (given the source clip) trajectory agreement with its true centres and the
+    motion fidelity against its frames (`evaluation.metrics.score_videos`, the scorer of every front end)."""
+    from ..evaluation.metrics import score_videos
+
     seg = segment_object(frames)
     seen = classify_video(frames)
     out = {a: seen[a] for a in ATTRIBUTES}
     out.update({f"{a}_ok": seen[a] == target[a] for a in ATTRIBUTES})
     out.update(coherence(frames, segmentation=seg))
-    if source_centres is not None:
-        out.update(trajectory_agreement(source_centres, seg["centres"]))
+    if source is not None:
+        out.update(trajectory_agreement(source.centres.astype(np.float64), seg["centres"]))
+        out["motion_fidelity"] = score_videos(source.frames, frames)["motion_fidelity"]
     return out
 
 
 def _summary(items: list[dict]) -> dict:
     return {"n": len(items),
+            "motion_fidelity": _nanmean(i["motion_fidelity"] for i in items),
+            "motion_fidelity_not_measured": sum(i["motion_fidelity"] is None for i in items),
             "velocity_cosine": _nanmean(i["velocity_cosine"] for i in items),
             "centre_error": _nanmean(i["centre_error"] for i in items),
             "corr_x": _nanmean(i["corr_x"] for i in items), "corr_y": _nanmean(i["corr_y"] for i in items),
@@ -132,7 +138,9 @@ def evaluate_model(model: str | None = None, n_prompts: int = 60, seed: int = 0,
         shipped method defaults (the inversion cache off, so every run pays its inversion) and the baseline
         `motiontransfer.text_to_video(prompt, seed=i, steps=steps)`; for both, against the source's true
         centres: mean velocity cosine, centre error, x/y correlation, shares with the target colour, shape and
-        one object, seconds per video. "source" scores the tracker on the source clips themselves.
+        one object, seconds per video, and the mean motion fidelity against the source's frames (`score_videos`;
+        one that could not be measured is left out and counted). "source" scores the tracker on the source clips
+        themselves.
 
     Shares are fractions in [0, 1]. Writes the report as JSON to `out` when given.
     """
@@ -199,17 +207,16 @@ def evaluate_model(model: str | None = None, n_prompts: int = 60, seed: int = 0,
     method, baseline, source, items = [], [], [], []
     for i, (clip, target) in enumerate(tqdm(transfer_pairs(pairs, seed, size, frames, light), desc="transfer",
                                             disable=not progress, dynamic_ncols=True)):
-        truth = clip.centres.astype(np.float64)
         p = clip.params
         src_target = {"shape": p.shape, "colour": p.colour, "background": p.background}
-        s = _judge(clip.frames, src_target, truth) | {"seconds": float("nan")}
+        s = _judge(clip.frames, src_target, clip) | {"seconds": float("nan")}
         tic = time.perf_counter()
         result = transfer(clip.frames, target["prompt"], output_dir=False, seed=i, use_cache=False,
                           **pair_options)
-        m = _judge(result.frames, target, truth) | {"seconds": time.perf_counter() - tic}
+        m = _judge(result.frames, target, clip) | {"seconds": time.perf_counter() - tic}
         tic = time.perf_counter()
         result = text_to_video(target["prompt"], seed=i, **pair_options)
-        b = _judge(result.frames, target, truth) | {"seconds": time.perf_counter() - tic}
+        b = _judge(result.frames, target, clip) | {"seconds": time.perf_counter() - tic}
         source.append(s)
         method.append(m)
         baseline.append(b)
@@ -285,7 +292,8 @@ def format_report(report: dict) -> str:
                   for a in ATTRIBUTES]
     if tr["pairs"]:
         m, b, src = tr["transfer"], tr["baseline"], tr["source"]
-        rows = [("velocity cosine", "velocity_cosine", num), ("centre error px", "centre_error", num),
+        rows = [("motion fidelity", "motion_fidelity", num),
+                ("velocity cosine", "velocity_cosine", num), ("centre error px", "centre_error", num),
                 ("x correlation", "corr_x", num), ("y correlation", "corr_y", num),
                 ("target colour", "target_colour", pct), ("target shape", "target_shape", pct),
                 ("one object", "one_object", pct), ("seconds a video", "seconds_per_video", num)]
@@ -295,6 +303,10 @@ def format_report(report: dict) -> str:
         for label, key, fmt in rows:
             source_value = "" if key.startswith("target") or key == "seconds_per_video" else fmt(src[key])
             lines.append(f"  {label:<22} {fmt(m[key]):>10} {fmt(b[key]):>14} {source_value:>15}")
+        skipped = [f"{name} {part['motion_fidelity_not_measured']}" for name, part in
+                   (("transfer", m), ("text-to-video", b)) if part.get("motion_fidelity_not_measured")]
+        if skipped:
+            lines.append(f"  motion fidelity not measured (left out of its mean): {', '.join(skipped)}")
     return "\n".join(lines)
 
 

@@ -559,16 +559,17 @@ def _bicubic(grid: np.ndarray, coords: np.ndarray) -> np.ndarray:
 
 
 def render(params: ClipParams, size: int = 32, frames: int = 16, *, supersample: int = 4,
-           motion_phrase: bool = False, position_phrase: bool = False) -> Clip:
+           motion_phrase: bool = False, position_phrase: bool = False, times: np.ndarray | None = None) -> Clip:
     """Renders a clip of `frames` frames at `size` x `size` pixels; deterministic given its arguments.
 
     The object's colour is blended over the background by the fraction of its `supersample` x `supersample`
     sub-pixels that the object covers; the caption has a motion phrase when `motion_phrase` is true, and says
-    where the object starts when `position_phrase` is true (`describe_position`).
+    where the object starts when `position_phrase` is true (`describe_position`). `times` (normalised, one per
+    frame) replaces `frame_times(frames)`, e.g. to show a part of the clip's path or the path ahead of time.
     """
     if size < 1 or supersample < 1:
         raise ValueError(f"size and supersample must be >= 1, got {size}, {supersample}")
-    t = frame_times(frames)
+    t = frame_times(frames) if times is None else np.asarray(times, dtype=np.float64).reshape(-1)
     centres = trajectory(params, t) * size                                   # (F, 2) px
     sizes = sizes_at(params, t) * size                                       # (F,) px
     angles = angles_at(params, t)                                            # (F,) rad
