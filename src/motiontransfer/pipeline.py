@@ -516,7 +516,7 @@ def generate(model: Backbone, source: Video | None, prompts: list[str], config: 
                                             callback=step)
             counts["unet_backward"] += history.backward_passes
             with timer("decode"):
-                frames = model.decode_latents(x0)
+                frames = model.decode_latents(x0, quantize=config.quantize)
             results.append(TransferResult(frames=frames, prompt=prompt, fps=source.fps, seed=config.seed,
                                           config=config, output_dir=None, timings=timer.seconds, counts=counts,
                                           history=history, inversion_cached=bool(inverted and inverted.cached),
