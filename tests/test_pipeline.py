@@ -142,6 +142,11 @@ def test_inversion_cache_key_names_the_seed_only_for_a_posterior_sample():
     assert settings(seed=0, vae_encode="sample") != settings(seed=1, vae_encode="sample")
 
 
+def test_invert_refuses_the_8_bit_conversion_it_never_makes(opts):
+    with pytest.raises(ConfigError, match="quantize would do nothing"):
+        motiontransfer.invert(moving_square(), quantize="truncate", fps=8.0, **opts)
+
+
 def test_invert_with_a_posterior_sample_needs_a_seed(opts):
     with pytest.raises(ConfigError, match="pass --seed"):
         motiontransfer.invert(moving_square(), vae_encode="sample", fps=8.0, **opts)
