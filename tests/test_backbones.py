@@ -13,6 +13,7 @@ import torch
 import motiontransfer
 from motiontransfer.activations import activation_options
 from motiontransfer.backbones import family_of
+from motiontransfer.backbones.base import to_uint8
 from motiontransfer.errors import ConfigError, ModelError
 from motiontransfer.features import FeatureHooks
 from motiontransfer.losses import motion_loss, reduce_source
@@ -66,6 +67,30 @@ def test_the_protocol_gives_one_layout_for_both_families(wan, unet):
         for f in feats.values():                                  # (B, F', D, h', w')
             assert f.dim() == 5 and f.shape[:2] == (1, latent_frames)
         assert model.predict(x0, t, cond).shape == x0.shape
+
+
+def test_8_bit_conversion_rounds_by_default_and_truncates_as_the_reference_does():
+    # pixels whose levels (x + 1) x 127.5 are 0, 10.2, 10.7, 127.5, 254.6, 255, then two past the ends
+    levels = torch.tensor([0.0, 10.2, 10.7, 127.5, 254.6, 255.0])
+    x = torch.cat([levels / 127.5 - 1, torch.tensor([-1.5, 1.5])])
+    assert to_uint8(x).tolist() == to_uint8(x, "round").tolist() == [0, 10, 11, 128, 255, 255, 0, 255]
+    assert to_uint8(x, "truncate").tolist() == [0, 10, 10, 127, 254, 255, 0, 255]
+    assert to_uint8(x.reshape(2, 4), "truncate").dtype == torch.uint8
+    with pytest.raises(ValueError, match="round, truncate"):
+        to_uint8(x, "floor")
+
+
+def test_truncation_is_the_references_arithmetic_bit_for_bit():
+    """diffusers 0.20's tensor2vid, which the reference calls: x * 0.5 + 0.5, clamped to [0, 1], then in numpy
+    times 255 and cast to uint8; on fp16 decoder output too (the reference decodes under fp16 autocast)."""
+    x = torch.randn(200_000, generator=torch.Generator().manual_seed(0)) * 0.7
+    for pixels in (x, x.half()):
+        video = pixels.float().clone().mul_(torch.tensor(0.5)).add_(torch.tensor(0.5)).clamp_(0, 1)
+        reference = (video.numpy() * 255).astype("uint8")
+        ours = to_uint8(pixels, "truncate").numpy()
+        assert np.array_equal(ours, reference)
+        rounded = to_uint8(pixels).numpy().astype(np.int16)
+        assert set(np.unique(rounded - ours)) == {0, 1}        # truncation: the level of rounding, or one below
 
 
 def test_wan_latents_follow_the_vae_config(wan, tiny_wan, tmp_path):

@@ -255,6 +255,7 @@ def test_choices_come_from_the_config():
     assert tuple(actions["preset"].choices) == tuple(config.PRESETS)
     assert tuple(actions["lf_filter"].choices) == config.LF_FILTERS
     assert tuple(actions["vae_encode"].choices) == config.VAE_ENCODINGS
+    assert tuple(actions["quantize"].choices) == config.QUANTIZATIONS
     flags = {a.dest for a in actions.values()}
     assert {f.name for f in dataclasses.fields(config.TransferConfig)} <= flags
 

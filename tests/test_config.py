@@ -31,14 +31,15 @@ def test_reference_preset_is_the_papers_recipe():
     assert (config.steps, config.iterations, config.reuse_every, config.early_stop) == (50, 10, 1, 0.0)
     assert (config.steps, config.guidance_window, config.iterations) == (50, (0.0, 0.4), 10)
     assert config.learning_rate == (0.007, 0.004) and config.loss == "pairwise_cosine" and config.init == "lf"
-    assert config.lf_filter == "reference" and config.vae_encode == "sample"
+    assert config.lf_filter == "reference" and config.vae_encode == "sample" and config.quantize == "truncate"
     assert config.negative_prompt == REFERENCE_NEGATIVE_PROMPT == \
         "bad quality, distortions, unrealistic, distorted image, watermark, signature"
 
 
 def test_default_preset_keeps_our_filter_encoding_and_the_models_negative_prompt():
     config, _ = resolve()
-    assert (config.lf_filter, config.vae_encode, config.negative_prompt) == ("lowpass", "mean", None)
+    assert (config.lf_filter, config.vae_encode, config.negative_prompt, config.quantize) == \
+        ("lowpass", "mean", None, "round")
 
 
 def test_previous_preset_spells_out_the_default_recipe_and_yields_to_the_model_as_the_defaults_do():
@@ -80,7 +81,7 @@ EVERY_FIELD = {
     "reuse_every": 2,
     "learning_rate": [0.01, 0.002], "layers": ["up_blocks.1.temp_convs.1", "up_blocks.2.resnets.0"],
     "layer_weights": [1.0, 0.5], "loss": "smm", "init": "random", "lf_factor": 2, "lf_filter": "reference",
-    "vae_encode": "sample", "sdedit_strength": 0.9, "seed": 7, "device": "cpu",
+    "vae_encode": "sample", "quantize": "truncate", "sdedit_strength": 0.9, "seed": 7, "device": "cpu",
     "dtype": "bf16", "allow_unsafe_weights": True, "cache_dir": "/tmp/somewhere", "use_cache": False,
     "vae_slicing": True, "activations": "checkpoint", "cpu_offload": True,
 }
@@ -195,6 +196,7 @@ def test_empty_file_is_the_defaults(tmp_path):
     ({"lf_factor": 0}, "lf_factor"),
     ({"lf_filter": "bicubic"}, "--lf-filter"),
     ({"vae_encode": "mode"}, "--vae-encode"),
+    ({"quantize": "floor"}, "--quantize"),
     ({"early_stop": -0.1}, "--early-stop"),
     ({"early_stop": 1.0}, "--early-stop"),
     ({"early_stop": float("nan")}, "--early-stop"),

@@ -84,10 +84,20 @@ def test_reference_preset_runs_long_inversion_and_restart(opts):
     r = motiontransfer.transfer(moving_square(), "a green star", output_dir=False, seed=0, preset="reference",
                                 iterations=1, **{**opts, "steps": 4})
     assert r.config.inversion_steps == 999 and r.config.restart
-    assert r.config.lf_filter == "reference" and r.config.vae_encode == "sample"
+    assert r.config.lf_filter == "reference" and r.config.vae_encode == "sample" and r.config.quantize == "truncate"
     assert r.config.negative_prompt == REFERENCE_NEGATIVE_PROMPT       # the tiny model recommends ""
     assert r.history.restarts == 3 and r.history.unet_passes == 7
     assert r.counts["unet_forward"] >= 750          # inversion up to t = 751 with 999 steps
+
+
+def test_truncation_puts_some_pixels_one_level_below_rounding_on_the_same_latent(opts):
+    def frames(**options):            # no inversion, no guidance: the same final latent whatever the conversion
+        return motiontransfer.transfer(moving_square(), "a green star", output_dir=False, seed=0, init="random",
+                                       iterations=0, **opts, **options).frames.astype(np.int16)
+
+    rounded, truncated = frames(), frames(quantize="truncate")
+    assert np.array_equal(rounded, frames(quantize="round"))
+    assert set(np.unique(rounded - truncated)) == {0, 1}
 
 
 def test_negative_prompt_reference_preset_the_references_default_the_models(tiny_model):
@@ -130,6 +140,11 @@ def test_inversion_cache_key_names_the_seed_only_for_a_posterior_sample():
                                                     "keep": [0, 1], "dtype": "torch.float32"}
     assert settings(seed=0, vae_encode="sample") == settings(seed=0) | {"vae_encode": "sample", "seed": 0}
     assert settings(seed=0, vae_encode="sample") != settings(seed=1, vae_encode="sample")
+
+
+def test_invert_refuses_the_8_bit_conversion_it_never_makes(opts):
+    with pytest.raises(ConfigError, match="quantize would do nothing"):
+        motiontransfer.invert(moving_square(), quantize="truncate", fps=8.0, **opts)
 
 
 def test_invert_with_a_posterior_sample_needs_a_seed(opts):

@@ -114,6 +114,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
                    help="LF up-sampling: lowpass (ours) or reference (antialiased, shifted; --preset reference)")
     g.add_argument("--vae-encode", choices=cfg.VAE_ENCODINGS,
                    help="source latent: the VAE posterior's mean (ours) or a sample from the seed (reference)")
+    g.add_argument("--quantize", choices=cfg.QUANTIZATIONS,
+                   help="decoded pixels to 8 bits: round (ours) or truncate (reference; --preset reference)")
     g.add_argument("--seed", type=int, help="random seed (default: drawn and recorded in run.json)")
     g = p.add_argument_group("runtime")
     g.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")

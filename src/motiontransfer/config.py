@@ -35,6 +35,7 @@ INITS = ("lf", "random", "inverted", "sdedit")                         # initial
 INVERSION_SOLVERS = ("euler", "midpoint")                              # schedules.FlowSchedule.inversion
 LF_FILTERS = ("lowpass", "reference")                                  # initialization.upsample
 VAE_ENCODINGS = ("mean", "sample")                                     # pipeline.encode_source
+QUANTIZATIONS = ("round", "truncate")                                  # backbones.base.to_uint8
 RESIZE_POLICIES = ("crop", "stretch", "pad")                           # video.resize_frames
 DTYPES = ("auto", "fp32", "fp16", "bf16")                              # models.pick_dtype
 ACTIVATION_MODES = ("none", "checkpoint", "offload")                   # activations.activation_options
@@ -50,7 +51,7 @@ METHOD_OPTIONS = ("source_prompt", "guidance_scale", "steps", "inversion_steps",
 # (`seed` matters to it only with vae_encode: sample, which `pipeline.invert` checks.)
 INVERT_IGNORES = ("guidance_scale", "negative_prompt", "restart", "iterations", "early_stop", "reuse_every",
                   "learning_rate", "layers", "layer_weights", "loss", "init", "lf_factor", "lf_filter",
-                  "sdedit_strength", "activations")
+                  "sdedit_strength", "activations", "quantize")
 MAX_INVERSION_STEPS = 999    # DDIM's bound (1000 training timesteps); the flow family's grid takes as many
 # Upper bounds of the numbers a flag, a config file, a jobs file or a model folder may set: far above any sane
 # run, low enough that a typo or a hostile folder cannot make a run hang for days or allocate without bound.
@@ -126,6 +127,9 @@ class TransferConfig:
     vae_encode: str = "mean"                      # x_0 of the source: the VAE posterior's mean (deterministic) |
                                                   # sample (the reference; drawn from the seed, so the inversion
                                                   # depends on the seed)
+    # output
+    quantize: str = "round"                       # decoded pixels to 8 bits: round (to the nearest level) |
+                                                  # truncate (the reference's; --preset reference sets it)
     # runtime
     seed: int | None = None                       # None: drawn at run time, then recorded
     device: str = "auto"                          # auto (cuda, mps, cpu) | cpu | cuda | cuda:N | mps
@@ -240,6 +244,7 @@ def validate(c: TransferConfig) -> None:
     need(c.lf_filter in LF_FILTERS, f"--lf-filter must be one of {', '.join(LF_FILTERS)}, got {c.lf_filter!r}")
     need(c.vae_encode in VAE_ENCODINGS,
          f"--vae-encode must be one of {', '.join(VAE_ENCODINGS)}, got {c.vae_encode!r}")
+    need(c.quantize in QUANTIZATIONS, f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got {c.quantize!r}")
     need(0.0 < c.sdedit_strength <= 1.0, f"sdedit_strength must be in (0, 1], got {c.sdedit_strength}")
     need(c.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}")
     need(c.activations in ACTIVATIONS, f"--activations must be one of {', '.join(ACTIVATIONS)}, got {c.activations!r}")
@@ -260,12 +265,13 @@ PRESETS: dict[str, dict[str, Any]] = {
                  "lf_factor": 4, "lf_filter": "lowpass", "vae_encode": "mean", "negative_prompt": None,
                  "guidance_scale": 10.0},
     # The public reference recipe: 999-step inversion of a VAE posterior sample, restart after every step, its
-    # LF up-sampling and its negative prompt whatever the model recommends. What still differs, and by how
-    # much: the README's "Where this differs from the reference implementation".
+    # LF up-sampling, its negative prompt whatever the model recommends, and its 8-bit conversion (truncation).
+    # What still differs, and by how much: the README's "Where this differs from the reference implementation".
     "reference": {"inversion_steps": 999, "restart": True, "steps": 50, "guidance_window": (0.0, 0.4),
                   "iterations": 10, "early_stop": 0.0, "reuse_every": 1, "learning_rate": (0.007, 0.004),
                   "layers": DEFAULT_LAYERS, "loss": "pairwise_cosine", "init": "lf", "lf_factor": 4, "lf_filter": "reference",
-                  "vae_encode": "sample", "negative_prompt": REFERENCE_NEGATIVE_PROMPT, "guidance_scale": 10.0},
+                  "vae_encode": "sample", "negative_prompt": REFERENCE_NEGATIVE_PROMPT, "guidance_scale": 10.0,
+                  "quantize": "truncate"},
 }
 
 # Presets that stand for a version of the defaults: a model's recommended method options (`motiontransfer.json`'s

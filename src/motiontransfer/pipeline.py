@@ -527,7 +527,7 @@ def generate(model: Backbone, source: Video | None, prompts: list[str], config: 
             counts["unet_backward"] += history.backward_passes
             check_finite(x0, model, history)
             with timer("decode"):
-                frames = model.decode_latents(x0)
+                frames = model.decode_latents(x0, quantize=config.quantize)
             results.append(TransferResult(frames=frames, prompt=prompt, fps=source.fps, seed=config.seed,
                                           config=config, output_dir=None, timings=timer.seconds, counts=counts,
                                           history=history, inversion_cached=bool(inverted and inverted.cached),

@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ..config import read_small_text
+from ..config import QUANTIZATIONS, read_small_text
 from ..errors import ModelError, MotionTransferError
 from ..features import FeatureHooks
 from ..schedules import Schedule
@@ -75,7 +75,7 @@ class Backbone(Protocol):
     def set_cpu_offload(self, enabled: bool) -> None: ...
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor: ...
     def encode_frames(self, frames: np.ndarray, generator: torch.Generator | None = None) -> torch.Tensor: ...
-    def decode_latents(self, latents: torch.Tensor) -> np.ndarray: ...
+    def decode_latents(self, latents: torch.Tensor, quantize: str = "round") -> np.ndarray: ...
     def predict(self, x: torch.Tensor, t: float, cond: torch.Tensor, uncond: torch.Tensor | None = None,
                 scale: float = 1.0) -> torch.Tensor: ...
     def features(self, hooks: FeatureHooks, x: torch.Tensor, t: float,
@@ -141,6 +141,22 @@ def unknown_words(prompt: str, vocabulary: tuple[str, ...] | None) -> list[str]:
     known = set(vocabulary)
     words = "".join(ch if ch.isalnum() else " " for ch in prompt.lower()).split()
     return list(dict.fromkeys(w for w in words if w not in known))
+
+
+def to_uint8(pixels: torch.Tensor, quantize: str = "round") -> torch.Tensor:
+    """Decoded pixels, nominally in [-1, 1] (any float dtype, any shape), as 8-bit levels, in float32 arithmetic:
+
+        round     clamp to [-1, 1], then round((x + 1) x 127.5): the nearest level (ours)
+        truncate  (x / 2 + 0.5) clamped to [0, 1], times 255, cut down to the level below: the reference's
+                  (diffusers 0.20's `tensor2vid`, which it calls: `mul_(0.5).add_(0.5)`, `clamp_(0, 1)`,
+                  `* 255`, `astype("uint8")`): one level below `round`'s wherever the fraction is 0.5 or more
+    """
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+    x = pixels.float()
+    if quantize == "round":
+        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return ((x * 0.5 + 0.5).clamp(0, 1) * 255).to(torch.uint8)       # float -> uint8 drops the fraction
 
 
 # ------------------------------------------------------------------------------------- reading model folders

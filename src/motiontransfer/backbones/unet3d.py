@@ -22,7 +22,7 @@ from ..errors import ConfigError, ModelError
 from ..features import FeatureHooks
 from ..schedules import DDIMSchedule
 from .base import (BackboneBase, ModelDefaults, check_bounds, check_components, check_loaded, check_memory,
-                   check_weights, load_error, read_json, scheduler_config)
+                   check_weights, load_error, read_json, scheduler_config, to_uint8)
 
 logger = logging.getLogger(__name__)
 
@@ -214,8 +214,8 @@ class UNet3DBackbone(BackboneBase):
         return (z * self.scaling_factor).permute(1, 0, 2, 3).unsqueeze(0).contiguous()   # (1, C, F, h, w)
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
-        """(1, C, F, h, w) -> (F, H, W, 3) uint8."""
+    def decode_latents(self, latents: torch.Tensor, quantize: str = "round") -> np.ndarray:
+        """(1, C, F, h, w) -> (F, H, W, 3) uint8, `quantize`d to 8 bits (`base.to_uint8`)."""
         z = latents[0].permute(1, 0, 2, 3).to(self.dtype) / self.scaling_factor  # (F, C, h, w)
         stats = self._channel_stats(z)
         if stats is not None:
@@ -223,8 +223,7 @@ class UNet3DBackbone(BackboneBase):
         chunk = 1 if self.vae_slicing else len(z)
         with self._running(self.vae) as vae:
             x = torch.cat([vae.decode(z[i:i + chunk]).sample for i in range(0, len(z), chunk)])
-        x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return x.permute(0, 2, 3, 1).cpu().numpy()
+        return to_uint8(x, quantize).permute(0, 2, 3, 1).cpu().numpy()
 
     # UNet ------------------------------------------------------------------------------------------
     def predict(self, x: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor | None = None,

@@ -35,7 +35,7 @@ from ..errors import ConfigError, ModelError
 from ..features import FeatureHooks
 from ..schedules import FlowSchedule
 from .base import (BackboneBase, ModelDefaults, check_bounds, check_components, check_loaded, check_memory,
-                   check_weights, load_error, read_json, scheduler_config)
+                   check_weights, load_error, read_json, scheduler_config, to_uint8)
 
 logger = logging.getLogger(__name__)
 
@@ -265,15 +265,14 @@ class WanBackbone(BackboneBase):
         return ((z - mean) / std).to(self.dtype).contiguous()
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
-        """(1, C, F', h, w) -> (F, H, W, 3) uint8."""
+    def decode_latents(self, latents: torch.Tensor, quantize: str = "round") -> np.ndarray:
+        """(1, C, F', h, w) -> (F, H, W, 3) uint8, `quantize`d to 8 bits (`base.to_uint8`)."""
         z = latents.to(self.vae.dtype)
         mean, std = self._stats(z)
         self._tiling()
         with self._running(self.vae) as vae:
             x = vae.decode(z * std + mean).sample                               # (1, 3, F, H, W)
-        x = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return x.permute(1, 2, 3, 0).cpu().numpy()
+        return to_uint8(x[0], quantize).permute(1, 2, 3, 0).cpu().numpy()
 
     # transformer -----------------------------------------------------------------------------------
     def _call(self, x: torch.Tensor, t: float, text: torch.Tensor) -> torch.Tensor:
