@@ -582,7 +582,7 @@ UNET_ONLY = ("vae_channels", "latent_norm", "unet_channels", "unet_layers", "min
 # frames (the Wan VAE encodes 4k+1), and the stage plan of training/README.md
 FAMILY_DEFAULTS = {
     "unet": {},
-    "wan": {"frames": 17, "clips": 20_000, "vae_steps": 2_000, "vae_batch": 16, "vae_lr": 1e-3,
+    "wan": {"frames": 17, "clips": 20_000, "vae_steps": 3_500, "vae_batch": 16, "vae_lr": 1e-3,
             "image_steps": 1_500, "image_batch": 32, "video_steps": 16_000, "video_batch": 8, "image_every": 4,
             "lr": 3e-4, "warmup": 200, "ema": 0.999, "checkpoint_minutes": 5.0},
 }

@@ -130,6 +130,15 @@ def build_transformer(cfg: TrainConfig):
                                  qk_norm="rms_norm_across_heads")
 
 
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Random initialisation from `seed`, whatever ran before in the process (a resumed run builds its networks
+    after other stages than a fresh one); the global generator is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def parameter_count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -225,7 +234,8 @@ def stage_vae(cfg: TrainConfig, work: Path, log: Log, device: torch.device = tor
     n_held = held_out_clips(len(clips))
     held_out, clips = clips[len(clips) - n_held:], clips[:len(clips) - n_held]
     window = cfg.wan_vae_clip_frames
-    vae = build_vae(cfg)
+    with seeded(cfg.seed):
+        vae = build_vae(cfg)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     if state is not None:
         vae.load_state_dict(state["model"])
@@ -309,7 +319,8 @@ def stage_denoiser(cfg: TrainConfig, work: Path, log: Log, device: torch.device 
         return
     cached = _load(work / "latents.pt")
     tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
-    transformer, text = build_transformer(cfg), build_text_encoder(cfg, len(tokenizer))
+    with seeded(cfg.seed + 3):
+        transformer, text = build_transformer(cfg), build_text_encoder(cfg, len(tokenizer))
     logger.info("transformer %d parameters, text encoder %d", parameter_count(transformer), parameter_count(text))
     train_denoiser(cfg, work, log, device, name="transformer", model=transformer, text=text,
                    latents=cached["latents"], tokens=tokenize(tokenizer, cached["captions"]),
