@@ -258,17 +258,22 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def stage_vae(cfg: TrainConfig, work: Path, log: Log, device: torch.device = torch.device("cpu")) -> None:
+def vae_done(cfg: TrainConfig, work: Path) -> bool:
+    """Whether `work/vae.pt` has reached `vae_steps` (then the stage loads nothing)."""
+    path = work / "vae.pt"
+    return path.exists() and _load(path)["step"] >= cfg.vae_steps
+
+
+def train_vae(cfg: TrainConfig, work: Path, log: Log, device: torch.device, vae, step_loss, held_out_psnr) -> None:
+    """The VAE stage of either family: AdamW, warm-up and cosine over `vae_steps`, resumable from `work/vae.pt`
+    (weights, optimiser, generator, step), a checkpoint every `checkpoint_minutes` and a log line with the
+    held-out PSNR every 500 steps.
+
+    `step_loss(vae, gen, device)` draws a batch from `gen` and returns (loss to minimise, {name: float} for the
+    log, of which "psnr" is the batch's, for the progress bar); `held_out_psnr(vae)` the held-out PSNR in dB.
+    """
     path = work / "vae.pt"
     state = _load(path) if path.exists() else None
-    if state is not None and state["step"] >= cfg.vae_steps:
-        return
-    frames, _ = load_frames(work)
-    flat = torch.from_numpy(frames.reshape(-1, cfg.size, cfg.size, 3))      # (N*F, H, W, 3) uint8
-    n_held = min(2048, len(flat) // 10)                                     # the last frames, never trained on
-    held_out = flat[len(flat) - n_held:]
-    flat = flat[:len(flat) - n_held]
-    vae = build_vae(cfg)
     step = 0
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     if state is not None:
@@ -286,6 +291,39 @@ def stage_vae(cfg: TrainConfig, work: Path, log: Log, device: torch.device = tor
     while step < cfg.vae_steps:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.vae_steps, cfg.vae_lr, 100)
+        loss, record = step_loss(vae, gen, device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{record['loss']:.4f}", psnr=f"{record['psnr']:.1f}")
+        if step % 500 == 0 or step == cfg.vae_steps:
+            vae.eval()
+            with torch.no_grad():
+                held = held_out_psnr(vae)
+            vae.train()
+            log(stage="vae", step=step, **{k: v for k, v in record.items() if k != "psnr"}, psnr_held_out=held)
+        if time.time() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.vae_steps:
+            save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
+                         "gen": gen.get_state()}, path)
+            last_save = time.time()
+    bar.close()
+
+
+def stage_vae(cfg: TrainConfig, work: Path, log: Log, device: torch.device = torch.device("cpu")) -> None:
+    """`AutoencoderKL` on single frames, `vae_batch` a step; held out: the last frames of the data set."""
+    if vae_done(cfg, work):
+        return
+    frames, _ = load_frames(work)
+    flat = torch.from_numpy(frames.reshape(-1, cfg.size, cfg.size, 3))      # (N*F, H, W, 3) uint8
+    n_held = min(2048, len(flat) // 10)                                     # the last frames, never trained on
+    held_out = flat[len(flat) - n_held:]
+    flat = flat[:len(flat) - n_held]
+
+    def step_loss(vae, gen, device):
         idx = torch.randint(len(flat), (cfg.vae_batch,), generator=gen)
         x = to_unit(flat[idx]).to(device)
         with _autocast(device):
@@ -294,30 +332,16 @@ def stage_vae(cfg: TrainConfig, work: Path, log: Log, device: torch.device = tor
             rec = vae.decode(z).sample.float()
         rec_loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
         kl = posterior.kl().float().mean() / x[0].numel()
-        loss = rec_loss + cfg.vae_kl * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        step += 1
-        bar.update(1)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{rec_loss.item():.4f}", psnr=f"{psnr(rec.detach(), x):.1f}")
-        if step % 500 == 0 or step == cfg.vae_steps:
-            vae.eval()
-            with torch.no_grad():
-                x = to_unit(held_out[:512])
-                if len(x) == 0:
-                    x = to_unit(flat[:8])
-                x = x.to(device)
-                held = psnr(vae.decode(vae.encode(x).latent_dist.mean).sample, x)
-            vae.train()
-            log(stage="vae", step=step, loss=rec_loss.item(), kl=kl.item(), psnr_held_out=held)
-        if time.time() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.vae_steps:
-            save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
-                         "gen": gen.get_state()}, path)
-            last_save = time.time()
-    bar.close()
+        return rec_loss + cfg.vae_kl * kl, {"loss": rec_loss.item(), "kl": kl.item(), "psnr": psnr(rec.detach(), x)}
+
+    def held_out_psnr(vae):
+        x = to_unit(held_out[:512])
+        if len(x) == 0:
+            x = to_unit(flat[:8])
+        x = x.to(device)
+        return psnr(vae.decode(vae.encode(x).latent_dist.mean).sample, x)
+
+    train_vae(cfg, work, log, device, build_vae(cfg), step_loss, held_out_psnr)
 
 
 def load_vae(cfg: TrainConfig, work: Path):
@@ -326,19 +350,34 @@ def load_vae(cfg: TrainConfig, work: Path):
     return vae.eval().requires_grad_(False)
 
 
+def encode_clips(frames: np.ndarray, batch: int, encode) -> torch.Tensor:
+    """`encode` (clips (b, F, H, W, 3) uint8 -> their latents (b, C, F, h, w)) over every clip of `frames`,
+    `batch` at a time, without gradients; the latents concatenated, on the CPU."""
+    with torch.no_grad():
+        return torch.cat([encode(torch.from_numpy(frames[i:i + batch])).cpu()
+                          for i in tqdm(range(0, len(frames), batch), desc="encode", dynamic_ncols=True)])
+
+
+def normalise_per_channel(raw: torch.Tensor) -> tuple[torch.Tensor, list[float], list[float]]:
+    """(raw - mean) / std per channel of latents (N, C, ...), with the means and standard deviations (the
+    `latents_mean` / `latents_std` of diffusers' VAE configs)."""
+    dims = [d for d in range(raw.ndim) if d != 1]
+    mean, std = raw.mean(dim=dims), raw.std(dim=dims)
+    shape = (1, -1) + (1,) * (raw.ndim - 2)
+    return (raw - mean.view(shape)) / std.view(shape), mean.tolist(), std.tolist()
+
+
 def stage_encode(cfg: TrainConfig, work: Path, device: torch.device = torch.device("cpu")) -> None:
     path = work / "latents.pt"
     if path.exists():
         return
     frames, captions = load_frames(work)
     vae = load_vae(cfg, work).to(device)
-    means = []
-    with torch.no_grad():
-        for i in tqdm(range(0, len(frames), 64), desc="encode", dynamic_ncols=True):
-            x = to_unit(torch.from_numpy(frames[i:i + 64]).flatten(0, 1)).to(device)   # (b*F, 3, H, W)
-            z = vae.encode(x).latent_dist.mean.cpu()                                  # fp32: the cache is exact
-            means.append(z.unflatten(0, (-1, cfg.frames)).transpose(1, 2))       # (b, C, F, h, w)
-    latents = torch.cat(means)
+
+    def encode(clips):                                                    # fp32 posterior means: the cache is exact
+        z = vae.encode(to_unit(clips.flatten(0, 1)).to(device)).latent_dist.mean      # (b*F, C, h, w)
+        return z.unflatten(0, (-1, cfg.frames)).transpose(1, 2)                       # (b, C, F, h, w)
+    latents = encode_clips(frames, 64, encode)
     scaling = 1.0 / latents.std().item()
     save_atomic({"latents": latents * scaling, "captions": captions, "scaling_factor": scaling}, path)
 
@@ -350,13 +389,8 @@ def load_latents(cfg: TrainConfig, work: Path) -> tuple[torch.Tensor, list[str],
     latents, scaling = cached["latents"], cached["scaling_factor"]     # latents.pt holds posterior mean x scaling
     if cfg.latent_norm == "global":
         return latents, cached["captions"], {"scaling_factor": scaling}
-    raw = latents / scaling
-    dims = [d for d in range(raw.ndim) if d != 1]
-    mean, std = raw.mean(dim=dims), raw.std(dim=dims)
-    shape = (1, -1) + (1,) * (raw.ndim - 2)
-    latents = (raw - mean.view(shape)) / std.view(shape)
-    return latents, cached["captions"], {"scaling_factor": 1.0, "latents_mean": mean.tolist(),
-                                         "latents_std": std.tolist()}
+    latents, mean, std = normalise_per_channel(latents / scaling)
+    return latents, cached["captions"], {"scaling_factor": 1.0, "latents_mean": mean, "latents_std": std}
 
 
 def is_image_step(cfg: TrainConfig, step: int) -> bool:

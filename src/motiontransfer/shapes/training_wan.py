@@ -29,18 +29,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..video import atomic_path
 from . import world
-from .training import (Log, TrainConfig, _autocast, _load, denoiser_done, known_words, load_frames, lr_at, psnr, save_atomic,
-                       stage_data, to_unit, train_denoiser)
+from .training import (Log, TrainConfig, _autocast, _load, denoiser_done, encode_clips, known_words, load_frames,
+                       normalise_per_channel, psnr, save_atomic, stage_data, to_unit, train_denoiser, train_vae,
+                       vae_done)
 
 logger = logging.getLogger(__name__)
 
@@ -224,34 +223,16 @@ def vae_psnr(vae, clips_uint8: torch.Tensor, device: torch.device, batch: int = 
 
 def stage_vae(cfg: TrainConfig, work: Path, log: Log, device: torch.device = torch.device("cpu")) -> None:
     """Each step: `wan_vae_clips` windows of `wan_vae_clip_frames` consecutive frames (4k+1: the causal encoder
-    takes frame 0 alone, then chunks of 4) and `vae_batch` single frames."""
-    path = work / "vae.pt"
-    state = _load(path) if path.exists() else None
-    if state is not None and state["step"] >= cfg.vae_steps:
+    takes frame 0 alone, then chunks of 4) and `vae_batch` single frames; held out: the last clips, whole."""
+    if vae_done(cfg, work):
         return
     frames, _ = load_frames(work)
     clips = torch.from_numpy(frames)                                          # (N, F, H, W, 3) uint8
     n_held = held_out_clips(len(clips))
     held_out, clips = clips[len(clips) - n_held:], clips[:len(clips) - n_held]
     window = cfg.wan_vae_clip_frames
-    with seeded(cfg.seed):
-        vae = build_vae(cfg)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    if state is not None:
-        vae.load_state_dict(state["model"])
-    vae.to(device)
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    step = 0
-    if state is not None:
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        step = state["step"]
-    vae.train()
-    last_save = time.time()
-    bar = tqdm(total=cfg.vae_steps, initial=step, desc="wan vae", dynamic_ncols=True)
-    while step < cfg.vae_steps:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.vae_steps, cfg.vae_lr, 100)
+
+    def step_loss(vae, gen, device):
         idx = torch.randint(len(clips), (cfg.wan_vae_clips,), generator=gen)
         start = torch.randint(cfg.frames - window + 1, (cfg.wan_vae_clips,), generator=gen)
         video = torch.stack([clips[i, s:s + window] for i, s in zip(idx.tolist(), start.tolist())])
@@ -264,25 +245,13 @@ def stage_vae(cfg: TrainConfig, work: Path, log: Log, device: torch.device = tor
                 loss, rec = vae_loss(vae, x, gen, cfg.vae_kl)
             losses.append(loss)
         loss = losses[0] + losses[1]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        step += 1
-        bar.update(1)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr(rec.detach(), x):.1f}")
-        if step % 500 == 0 or step == cfg.vae_steps:
-            vae.eval()
-            held = vae_psnr(vae, held_out if len(held_out) else clips[:2], device)
-            vae.train()
-            log(stage="vae", step=step, loss=loss.item(), clip_loss=losses[0].item(), frame_loss=losses[1].item(),
-                psnr_held_out=held, lr=opt.param_groups[0]["lr"])
-        if time.time() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.vae_steps:
-            save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
-                         "gen": gen.get_state()}, path)
-            last_save = time.time()
-    bar.close()
+        return loss, {"loss": loss.item(), "clip_loss": losses[0].item(), "frame_loss": losses[1].item(),
+                      "psnr": psnr(rec.detach(), x)}
+
+    with seeded(cfg.seed):
+        vae = build_vae(cfg)
+    train_vae(cfg, work, log, device, vae, step_loss,
+              lambda vae: vae_psnr(vae, held_out if len(held_out) else clips[:2], device))
 
 
 def load_vae(cfg: TrainConfig, work: Path):
@@ -299,17 +268,9 @@ def stage_encode(cfg: TrainConfig, work: Path, device: torch.device = torch.devi
         return
     frames, captions = load_frames(work)
     vae = load_vae(cfg, work).to(device)
-    means = []
-    with torch.no_grad():
-        for i in tqdm(range(0, len(frames), 16), desc="encode", dynamic_ncols=True):
-            x = to_unit(torch.from_numpy(frames[i:i + 16])).transpose(1, 2).to(device)   # (b, 3, F, H, W)
-            means.append(vae.encode(x).latent_dist.mean.cpu())
-    raw = torch.cat(means)
-    dims = [0, 2, 3, 4]
-    mean, std = raw.mean(dim=dims), raw.std(dim=dims)
-    latents = (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
-    save_atomic({"latents": latents, "captions": captions, "latents_mean": mean.tolist(),
-                 "latents_std": std.tolist()}, path)
+    raw = encode_clips(frames, 16, lambda clips: vae.encode(to_unit(clips).transpose(1, 2).to(device)).latent_dist.mean)
+    latents, mean, std = normalise_per_channel(raw)
+    save_atomic({"latents": latents, "captions": captions, "latents_mean": mean, "latents_std": std}, path)
 
 
 def stage_denoiser(cfg: TrainConfig, work: Path, log: Log, device: torch.device = torch.device("cpu")) -> None:
