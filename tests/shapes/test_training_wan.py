@@ -121,6 +121,7 @@ def test_a_run_goes_through_every_stage_and_exports_a_wan_pipeline_folder(traine
     assert index["_class_name"] == "WanPipeline"
     assert index["transformer"] == ["diffusers", "WanTransformer3DModel"]
     assert index["text_encoder"] == ["transformers", "UMT5EncoderModel"]
+    assert index["tokenizer"] == ["transformers", "PreTrainedTokenizerFast"]      # a name transformers 4 knows too
     meta = json.loads((model / "motiontransfer.json").read_text())
     assert (meta["width"], meta["height"], meta["frames"], meta["fps"]) == (32, 32, 17, 8.0)
     assert meta["trained_steps"] == 5 and sorted(meta["vocabulary"]) == sorted(vocabulary())

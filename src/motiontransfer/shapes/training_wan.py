@@ -298,6 +298,19 @@ def scheduler(cfg: TrainConfig):
                                    flow_shift=cfg.wan_flow_shift, num_train_timesteps=NUM_TRAIN_TIMESTEPS)
 
 
+def portable_tokenizer_class(folder: Path) -> None:
+    """Names the tokenizer `PreTrainedTokenizerFast` in `model_index.json` and `tokenizer_config.json`:
+    transformers 5 saves its fast tokenizers as `TokenizersBackend`, a name transformers 4 lacks; both versions
+    know `PreTrainedTokenizerFast` (in 5, an alias of the same class)."""
+    index_path, config_path = folder / "model_index.json", folder / "tokenizer" / "tokenizer_config.json"
+    index = json.loads(index_path.read_text())
+    index["tokenizer"] = ["transformers", "PreTrainedTokenizerFast"]
+    index_path.write_text(json.dumps(index, indent=2) + "\n")
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+
 def export(cfg: TrainConfig, work: Path, out: Path, *, dtype=torch.float16) -> None:
     """Writes the EMA weights in the `WanPipeline` folder layout, plus `motiontransfer.json`."""
     from diffusers import WanPipeline
@@ -316,6 +329,7 @@ def export(cfg: TrainConfig, work: Path, out: Path, *, dtype=torch.float16) -> N
                        transformer=transformer.to(dtype), scheduler=scheduler(cfg))
     with atomic_path(out, keep_suffix=False) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
+        portable_tokenizer_class(tmp)
         (tmp / "motiontransfer.json").write_text(json.dumps({
             "width": cfg.size, "height": cfg.size, "frames": cfg.frames, "fps": 8.0, "negative_prompt": "",
             "method_defaults": {},
