@@ -3,7 +3,11 @@
 One command runs every stage in order and resumes from the last checkpoint of the stage it was in:
 
     motiontransfer train --work checkpoints/shapes [--export src/motiontransfer/shapes/weights/model]
-        [--export-only] [--init-from MODEL_DIR] [--set KEY=VALUE ...] [--device cpu|cuda]
+        [--export-only] [--init-from MODEL_DIR] [--set KEY=VALUE ...] [--device cpu|cuda] [--family unet|wan]
+
+This module is the UNet family (the default, `family="unet"`) and the machinery both families share: the data,
+the resumable VAE loop (`train_vae`), the denoiser loop with its image-then-video curriculum, EMA and
+checkpoints (`train_denoiser`), the config. The Wan family's parts and objective are in `training_wan`.
 
 Stages (each writes into the work folder, outside git):
     data     render the synthetic world's clips (`world.make_dataset`) once, to `data.npz`
@@ -616,7 +620,7 @@ UNET_ONLY = ("vae_channels", "latent_norm", "unet_channels", "unet_layers", "min
 # frames (the Wan VAE encodes 4k+1), and the stage plan of training/README.md
 FAMILY_DEFAULTS = {
     "unet": {},
-    "wan": {"frames": 17, "clips": 20_000, "vae_steps": 3_500, "vae_batch": 16, "vae_lr": 1e-3,
+    "wan": {"frames": 17, "clips": 20_000, "vae_steps": 5_000, "vae_batch": 16, "vae_lr": 1e-3,
             "image_steps": 1_500, "image_batch": 32, "video_steps": 16_000, "video_batch": 8, "image_every": 4,
             "lr": 3e-4, "warmup": 200, "ema": 0.999, "checkpoint_minutes": 5.0},
 }
