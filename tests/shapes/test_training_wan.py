@@ -195,3 +195,6 @@ def test_wan_settings_are_checked_before_any_stage_runs(tmp_path, capsys):
     with pytest.raises(ConfigError, match="unet-family run"):
         train.train_config(unet_run, {"family": "wan"})
     assert train.train_config(tmp_path / "fresh", {"family": "wan"}).frames == 17
+    assert cli.main(["train", "--family", "wan", "--work", str(tmp_path / "empty"), "--export-only", "--export",
+                     str(tmp_path / "out")]) == 2
+    assert "no transformer checkpoint" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from ..video import atomic_path
 from . import world
 from .training import (Log, TrainConfig, _autocast, _load, denoiser_done, encode_clips, known_words, load_frames,
@@ -316,6 +317,8 @@ def export(cfg: TrainConfig, work: Path, out: Path, *, dtype=torch.float16) -> N
     from diffusers import WanPipeline
     from transformers import AutoTokenizer
 
+    if not (work / "transformer.pt").exists():
+        raise ConfigError(f"{work} holds no transformer checkpoint yet: nothing to export")
     tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
     state = _load(work / "transformer.pt")
     transformer, text = build_transformer(cfg), build_text_encoder(cfg, len(tokenizer))
