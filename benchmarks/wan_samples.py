@@ -1,6 +1,6 @@
 """Text-to-video samples of a Wan-family shapes model (an export of `motiontransfer train --family wan`), drawn
 with diffusers' own `WanPipeline`, as a contact sheet: one row a prompt (every other frame), the prompt above it
-and the attribute classifier's reading of the video beside it, plus a JSON of the readings.
+with the attribute classifier's reading of the video, plus a JSON of the readings.
 
 The prompts are captions of world clips the model never saw (`--world-seed`, not the training seed 0).
 
