@@ -198,3 +198,25 @@ def test_wan_settings_are_checked_before_any_stage_runs(tmp_path, capsys):
     assert cli.main(["train", "--family", "wan", "--work", str(tmp_path / "empty"), "--export-only", "--export",
                      str(tmp_path / "out")]) == 2
     assert "no transformer checkpoint" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_the_samples_script_draws_a_contact_sheet_of_an_export(trained, tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    import cv2
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "wan_samples.py"
+    spec = importlib.util.spec_from_file_location("wan_samples", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "sheet.png"
+    monkeypatch.setattr(sys, "argv", ["wan_samples.py", "--model", str(trained[1]), "--output", str(out),
+                                      "--prompts", "2", "--steps", "2"])
+    module.main()
+    sheet = cv2.imread(str(out))
+    assert sheet.shape == (2 * (14 + 64), 9 * 64, 3)             # 2 rows: a label, then frames 0, 2, ..., 16 at 2x
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["trained_steps"] == 5 and len(record["samples"]) == 2
+    assert set(record["rates"]) == {"colour_ok", "shape_ok", "background_ok"}

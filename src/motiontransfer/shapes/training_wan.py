@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -219,7 +220,7 @@ def vae_psnr(vae, clips_uint8: torch.Tensor, device: torch.device, batch: int = 
             rec = vae.decode(vae.encode(x).latent_dist.mean).sample.float()
             errors.append(F.mse_loss(rec.clamp(-1, 1), x.clamp(-1, 1), reduction="none").flatten(1).mean(1))
     mse = torch.cat(errors).mean().item()
-    return 10 * torch.log10(torch.tensor(4.0 / max(mse, 1e-12))).item()
+    return 10 * math.log10(4.0 / max(mse, 1e-12))
 
 
 def stage_vae(cfg: TrainConfig, work: Path, log: Log, device: torch.device = torch.device("cpu")) -> None:
