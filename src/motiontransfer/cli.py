@@ -322,8 +322,9 @@ def cmd_train_classifier(args) -> int:
 def cmd_train(args) -> int:
     from .shapes.training import train
 
+    overrides = dict(args.set) | ({"family": args.family} if args.family else {})
     train(args.work, export_to=args.export, export_only=args.export_only, init_from=args.init_from,
-          overrides=dict(args.set), device=args.device)
+          overrides=overrides, device=args.device)
     return 0
 
 
@@ -486,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", type=Path, default=Path("checkpoints/shapes"), help="checkpoint folder")
     p.add_argument("--export", type=Path, default=None, help="write the diffusers folder here when done")
     p.add_argument("--export-only", action="store_true", help="export the last checkpoint and stop")
+    p.add_argument("--family", choices=("unet", "wan"), default=None,
+                   help="model family of a fresh work folder (default unet; a folder keeps its own)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="start an empty work folder from an exported model (e.g. the shipped one)")
     p.add_argument("--set", type=_key_text, nargs="*", default=[], metavar="KEY=VALUE",

@@ -3,7 +3,11 @@
 One command runs every stage in order and resumes from the last checkpoint of the stage it was in:
 
     motiontransfer train --work checkpoints/shapes [--export src/motiontransfer/shapes/weights/model]
-        [--export-only] [--init-from MODEL_DIR] [--set KEY=VALUE ...] [--device cpu|cuda]
+        [--export-only] [--init-from MODEL_DIR] [--set KEY=VALUE ...] [--device cpu|cuda] [--family unet|wan]
+
+This module is the UNet family (the default, `family="unet"`) and the machinery both families share: the data,
+the resumable VAE loop (`train_vae`), the denoiser loop with its image-then-video curriculum, EMA and
+checkpoints (`train_denoiser`), the config. The Wan family's parts and objective are in `training_wan`.
 
 Stages (each writes into the work folder, outside git):
     data     render the synthetic world's clips (`world.make_dataset`) once, to `data.npz`
@@ -48,6 +52,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
+    # "unet": UNet3DConditionModel + AutoencoderKL + CLIP, DDPM noise (this module); "wan": WanTransformer3DModel
+    # + AutoencoderKLWan + UMT5, flow matching (`training_wan`). Fields named wan_* are the Wan family's only;
+    # vae_channels, latent_norm, unet_* and min_snr_gamma the UNet family's only; the others serve both.
+    family: str = "unet"
     seed: int = 0
     size: int = 32                  # pixels, square frames
     frames: int = 16                # frames per clip
@@ -87,6 +95,21 @@ class TrainConfig:
     caption_dropout: float = 0.1    # empty prompt, for classifier-free guidance
     min_snr_gamma: float = 5.0      # loss weight min(SNR, gamma) / SNR (Hang et al. 2023)
     checkpoint_minutes: float = 4.0
+    # Wan family (sizes chosen in training/README.md, from measured step times)
+    wan_vae_dim: int = 32                       # AutoencoderKLWan base_dim
+    wan_vae_mult: tuple[int, ...] = (1, 2, 2)   # channel multipliers; len - 1 spatial downsamplings (4x)
+    wan_z_dim: int = 8                          # latent channels
+    wan_vae_clips: int = 4                      # clips per VAE step (beside vae_batch single frames) ...
+    wan_vae_clip_frames: int = 5                # ... of this many consecutive frames (4k+1)
+    wan_text_heads: int = 2                     # UMT5: heads of wan_text_head_dim, feed-forward width
+    wan_text_head_dim: int = 32
+    wan_text_ffn: int = 128
+    wan_layers: int = 6                         # WanTransformer3DModel blocks
+    wan_heads: int = 4                          # attention heads of wan_head_dim: width 128
+    wan_head_dim: int = 32
+    wan_ffn: int = 256
+    wan_freq_dim: int = 64                      # sinusoidal timestep embedding size
+    wan_flow_shift: float = 2.0                 # sigma = S u / (1 + (S - 1) u), training and the scheduler alike
 
 
 # ----------------------------------------------------------------------------------------------------- models
@@ -239,17 +262,22 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def stage_vae(cfg: TrainConfig, work: Path, log: Log, device: torch.device = torch.device("cpu")) -> None:
+def vae_done(cfg: TrainConfig, work: Path) -> bool:
+    """Whether `work/vae.pt` has reached `vae_steps` (then the stage loads nothing)."""
+    path = work / "vae.pt"
+    return path.exists() and _load(path)["step"] >= cfg.vae_steps
+
+
+def train_vae(cfg: TrainConfig, work: Path, log: Log, device: torch.device, vae, step_loss, held_out_psnr) -> None:
+    """The VAE stage of either family: AdamW, warm-up and cosine over `vae_steps`, resumable from `work/vae.pt`
+    (weights, optimiser, generator, step), a checkpoint every `checkpoint_minutes` and a log line with the
+    held-out PSNR every 500 steps.
+
+    `step_loss(vae, gen, device)` draws a batch from `gen` and returns (loss to minimise, {name: float} for the
+    log, of which "psnr" is the batch's, for the progress bar); `held_out_psnr(vae)` the held-out PSNR in dB.
+    """
     path = work / "vae.pt"
     state = _load(path) if path.exists() else None
-    if state is not None and state["step"] >= cfg.vae_steps:
-        return
-    frames, _ = load_frames(work)
-    flat = torch.from_numpy(frames.reshape(-1, cfg.size, cfg.size, 3))      # (N*F, H, W, 3) uint8
-    n_held = min(2048, len(flat) // 10)                                     # the last frames, never trained on
-    held_out = flat[len(flat) - n_held:]
-    flat = flat[:len(flat) - n_held]
-    vae = build_vae(cfg)
     step = 0
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     if state is not None:
@@ -267,6 +295,39 @@ def stage_vae(cfg: TrainConfig, work: Path, log: Log, device: torch.device = tor
     while step < cfg.vae_steps:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.vae_steps, cfg.vae_lr, 100)
+        loss, record = step_loss(vae, gen, device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{record['loss']:.4f}", psnr=f"{record['psnr']:.1f}")
+        if step % 500 == 0 or step == cfg.vae_steps:
+            vae.eval()
+            with torch.no_grad():
+                held = held_out_psnr(vae)
+            vae.train()
+            log(stage="vae", step=step, **{k: v for k, v in record.items() if k != "psnr"}, psnr_held_out=held)
+        if time.time() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.vae_steps:
+            save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
+                         "gen": gen.get_state()}, path)
+            last_save = time.time()
+    bar.close()
+
+
+def stage_vae(cfg: TrainConfig, work: Path, log: Log, device: torch.device = torch.device("cpu")) -> None:
+    """`AutoencoderKL` on single frames, `vae_batch` a step; held out: the last frames of the data set."""
+    if vae_done(cfg, work):
+        return
+    frames, _ = load_frames(work)
+    flat = torch.from_numpy(frames.reshape(-1, cfg.size, cfg.size, 3))      # (N*F, H, W, 3) uint8
+    n_held = min(2048, len(flat) // 10)                                     # the last frames, never trained on
+    held_out = flat[len(flat) - n_held:]
+    flat = flat[:len(flat) - n_held]
+
+    def step_loss(vae, gen, device):
         idx = torch.randint(len(flat), (cfg.vae_batch,), generator=gen)
         x = to_unit(flat[idx]).to(device)
         with _autocast(device):
@@ -275,30 +336,16 @@ def stage_vae(cfg: TrainConfig, work: Path, log: Log, device: torch.device = tor
             rec = vae.decode(z).sample.float()
         rec_loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
         kl = posterior.kl().float().mean() / x[0].numel()
-        loss = rec_loss + cfg.vae_kl * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        step += 1
-        bar.update(1)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{rec_loss.item():.4f}", psnr=f"{psnr(rec.detach(), x):.1f}")
-        if step % 500 == 0 or step == cfg.vae_steps:
-            vae.eval()
-            with torch.no_grad():
-                x = to_unit(held_out[:512])
-                if len(x) == 0:
-                    x = to_unit(flat[:8])
-                x = x.to(device)
-                held = psnr(vae.decode(vae.encode(x).latent_dist.mean).sample, x)
-            vae.train()
-            log(stage="vae", step=step, loss=rec_loss.item(), kl=kl.item(), psnr_held_out=held)
-        if time.time() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.vae_steps:
-            save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
-                         "gen": gen.get_state()}, path)
-            last_save = time.time()
-    bar.close()
+        return rec_loss + cfg.vae_kl * kl, {"loss": rec_loss.item(), "kl": kl.item(), "psnr": psnr(rec.detach(), x)}
+
+    def held_out_psnr(vae):
+        x = to_unit(held_out[:512])
+        if len(x) == 0:
+            x = to_unit(flat[:8])
+        x = x.to(device)
+        return psnr(vae.decode(vae.encode(x).latent_dist.mean).sample, x)
+
+    train_vae(cfg, work, log, device, build_vae(cfg), step_loss, held_out_psnr)
 
 
 def load_vae(cfg: TrainConfig, work: Path):
@@ -307,19 +354,34 @@ def load_vae(cfg: TrainConfig, work: Path):
     return vae.eval().requires_grad_(False)
 
 
+def encode_clips(frames: np.ndarray, batch: int, encode) -> torch.Tensor:
+    """`encode` (clips (b, F, H, W, 3) uint8 -> their latents (b, C, F, h, w)) over every clip of `frames`,
+    `batch` at a time, without gradients; the latents concatenated, on the CPU."""
+    with torch.no_grad():
+        return torch.cat([encode(torch.from_numpy(frames[i:i + batch])).cpu()
+                          for i in tqdm(range(0, len(frames), batch), desc="encode", dynamic_ncols=True)])
+
+
+def normalise_per_channel(raw: torch.Tensor) -> tuple[torch.Tensor, list[float], list[float]]:
+    """(raw - mean) / std per channel of latents (N, C, ...), with the means and standard deviations (the
+    `latents_mean` / `latents_std` of diffusers' VAE configs)."""
+    dims = [d for d in range(raw.ndim) if d != 1]
+    mean, std = raw.mean(dim=dims), raw.std(dim=dims)
+    shape = (1, -1) + (1,) * (raw.ndim - 2)
+    return (raw - mean.view(shape)) / std.view(shape), mean.tolist(), std.tolist()
+
+
 def stage_encode(cfg: TrainConfig, work: Path, device: torch.device = torch.device("cpu")) -> None:
     path = work / "latents.pt"
     if path.exists():
         return
     frames, captions = load_frames(work)
     vae = load_vae(cfg, work).to(device)
-    means = []
-    with torch.no_grad():
-        for i in tqdm(range(0, len(frames), 64), desc="encode", dynamic_ncols=True):
-            x = to_unit(torch.from_numpy(frames[i:i + 64]).flatten(0, 1)).to(device)   # (b*F, 3, H, W)
-            z = vae.encode(x).latent_dist.mean.cpu()                                  # fp32: the cache is exact
-            means.append(z.unflatten(0, (-1, cfg.frames)).transpose(1, 2))       # (b, C, F, h, w)
-    latents = torch.cat(means)
+
+    def encode(clips):                                                    # fp32 posterior means: the cache is exact
+        z = vae.encode(to_unit(clips.flatten(0, 1)).to(device)).latent_dist.mean      # (b*F, C, h, w)
+        return z.unflatten(0, (-1, cfg.frames)).transpose(1, 2)                       # (b, C, F, h, w)
+    latents = encode_clips(frames, 64, encode)
     scaling = 1.0 / latents.std().item()
     save_atomic({"latents": latents * scaling, "captions": captions, "scaling_factor": scaling}, path)
 
@@ -331,13 +393,8 @@ def load_latents(cfg: TrainConfig, work: Path) -> tuple[torch.Tensor, list[str],
     latents, scaling = cached["latents"], cached["scaling_factor"]     # latents.pt holds posterior mean x scaling
     if cfg.latent_norm == "global":
         return latents, cached["captions"], {"scaling_factor": scaling}
-    raw = latents / scaling
-    dims = [d for d in range(raw.ndim) if d != 1]
-    mean, std = raw.mean(dim=dims), raw.std(dim=dims)
-    shape = (1, -1) + (1,) * (raw.ndim - 2)
-    latents = (raw - mean.view(shape)) / std.view(shape)
-    return latents, cached["captions"], {"scaling_factor": 1.0, "latents_mean": mean.tolist(),
-                                         "latents_std": std.tolist()}
+    latents, mean, std = normalise_per_channel(latents / scaling)
+    return latents, cached["captions"], {"scaling_factor": 1.0, "latents_mean": mean, "latents_std": std}
 
 
 def is_image_step(cfg: TrainConfig, step: int) -> bool:
@@ -353,31 +410,61 @@ def unet_lr(cfg: TrainConfig, step: int) -> float:
     return lr_at(step - cfg.schedule_from, total - cfg.schedule_from, cfg.lr, cfg.warmup)
 
 
-def stage_unet(cfg: TrainConfig, work: Path, log: Log, device: torch.device = torch.device("cpu")) -> None:
+def ddpm_objective(cfg: TrainConfig):
+    """The UNet family's step loss for `train_denoiser`: epsilon prediction on ZeroScope's noise schedule,
+    min-SNR weighted; draws the timesteps, then the noise, from the loop's generator."""
     from diffusers import DDPMScheduler
-    from transformers import CLIPTokenizer
 
-    path = work / "unet.pt"
+    noise = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items()
+                             if k not in ("set_alpha_to_one", "steps_offset")})
+    alphas = noise.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    weight = torch.clamp(snr, max=cfg.min_snr_gamma) / snr                    # min-SNR weighting, epsilon target
+
+    def objective(unet, text, x0, tokens, gen, device):
+        t = torch.randint(0, noise.config.num_train_timesteps, (len(x0),), generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        xt = noise.add_noise(x0, eps, t)
+        xt, eps, t, ids = xt.to(device), eps.to(device), t.to(device), tokens["input_ids"].to(device)
+        with _autocast(device):
+            cond = text(ids).last_hidden_state
+            pred = unet(xt, t, encoder_hidden_states=cond).sample.float()
+        per_sample = (pred - eps).pow(2).mean(dim=(1, 2, 3, 4))
+        return (per_sample * weight.to(device)[t]).mean()
+    return objective
+
+
+def denoiser_done(cfg: TrainConfig, work: Path, name: str) -> bool:
+    """Whether `work/{name}.pt` has reached the last step (then the stage loads nothing)."""
+    path = work / f"{name}.pt"
+    return path.exists() and _load(path)["step"] >= cfg.image_steps + cfg.video_steps
+
+
+def train_denoiser(cfg: TrainConfig, work: Path, log: Log, device: torch.device, *, name: str, model, text,
+                   latents: torch.Tensor, tokens: dict[str, torch.Tensor], empty: dict[str, torch.Tensor],
+                   objective) -> None:
+    """The denoiser stage of either family: `model` (the UNet or the transformer) and the text encoder trained
+    jointly on the cached `latents` (N, C, F, h, w), single frames first, then clips (`is_image_step`); AdamW
+    with warm-up and cosine (`unet_lr`), an exponential moving average of the weights, resumable from
+    `work/{name}.pt` (weights under `name` and "text", the average, the optimiser, the generator, the step).
+
+    `tokens`: the captions' tokenizer output, {key: (N, T)}; `empty`: that of the empty prompt, {key: (1, T)},
+    which replaces a caption with probability `caption_dropout`. `objective(model, text, x0, tokens, gen,
+    device)` returns the batch's loss, drawing its noise from `gen` after the batch's draws.
+    """
+    path = work / f"{name}.pt"
     total = cfg.image_steps + cfg.video_steps
     state = _load(path) if path.exists() else None
     if state is not None and state["step"] >= total:
         return
-    tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
-    latents, captions, _ = load_latents(cfg, work)                     # (N, C, F, h, w)
-    ids = tokenizer(captions, padding="max_length", max_length=cfg.max_tokens, truncation=True,
-                    return_tensors="pt").input_ids                       # (N, T)
-    empty_ids = tokenizer([""], padding="max_length", max_length=cfg.max_tokens, return_tensors="pt").input_ids
-
-    unet = build_unet(cfg)
-    text = build_text_encoder(cfg, len(tokenizer))
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     step = 0
     if state is not None:
-        unet.load_state_dict(state["unet"])
+        model.load_state_dict(state[name])
         text.load_state_dict(state["text"])
-    unet.to(device)
+    model.to(device)
     text.to(device)
-    params = list(unet.parameters()) + list(text.parameters())
+    params = list(model.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
     ema = [p.detach().clone() for p in params]
     if state is not None:
@@ -386,16 +473,12 @@ def stage_unet(cfg: TrainConfig, work: Path, log: Log, device: torch.device = to
             gen.set_state(state["gen"])
         ema = [e.to(device) for e in state["ema"]]
         step = state["step"]
-    noise = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items()
-                             if k not in ("set_alpha_to_one", "steps_offset")})
-    alphas = noise.alphas_cumprod
-    snr = alphas / (1 - alphas)
-    weight = (torch.clamp(snr, max=cfg.min_snr_gamma) / snr).to(device)       # min-SNR weighting, epsilon target
-    unet.train()
+    model.train()
     text.train()
     last_save = time.time()
-    bar = tqdm(total=total, initial=step, desc="unet", dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, desc=name, dynamic_ncols=True)
     n = len(latents)
+    recent: dict[str, list[float]] = {"image": [], "video": []}          # losses since the last log line
     while step < total:
         image_phase = is_image_step(cfg, step)
         for g in opt.param_groups:
@@ -407,18 +490,11 @@ def stage_unet(cfg: TrainConfig, work: Path, log: Log, device: torch.device = to
         else:
             clip = torch.randint(n, (cfg.video_batch,), generator=gen)
             x0 = latents[clip]
-        tokens = ids[clip].clone()
+        batch_tokens = {k: v[clip].clone() for k, v in tokens.items()}
         drop = torch.rand(len(clip), generator=gen) < cfg.caption_dropout
-        tokens[drop] = empty_ids
-        t = torch.randint(0, noise.config.num_train_timesteps, (len(clip),), generator=gen)
-        eps = torch.randn(x0.shape, generator=gen)
-        xt = noise.add_noise(x0, eps, t)
-        xt, eps, t, tokens = xt.to(device), eps.to(device), t.to(device), tokens.to(device)
-        with _autocast(device):
-            cond = text(tokens).last_hidden_state
-            pred = unet(xt, t, encoder_hidden_states=cond).sample.float()
-        per_sample = (pred - eps).pow(2).mean(dim=(1, 2, 3, 4))
-        loss = (per_sample * weight[t]).mean()
+        for k, v in batch_tokens.items():
+            v[drop] = empty[k]
+        loss = objective(model, text, x0, batch_tokens, gen, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -428,16 +504,34 @@ def stage_unet(cfg: TrainConfig, work: Path, log: Log, device: torch.device = to
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
         bar.update(1)
+        phase = "image" if image_phase else "video"
+        recent[phase].append(loss.item())
         if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}", phase="image" if image_phase else "video")
+            bar.set_postfix(loss=f"{loss.item():.4f}", phase=phase)
         if step % 100 == 0:
-            log(stage="unet", step=step, phase="image" if image_phase else "video", loss=loss.item(),
-                lr=opt.param_groups[0]["lr"])
+            means = {f"{k}_loss_mean": sum(v) / len(v) for k, v in recent.items() if v}
+            log(stage=name, step=step, phase=phase, loss=loss.item(), lr=opt.param_groups[0]["lr"], **means)
+            recent = {"image": [], "video": []}
         if time.time() - last_save > cfg.checkpoint_minutes * 60 or step == total or step == cfg.image_steps:
-            save_atomic({"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(),
+            save_atomic({name: model.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(),
                          "ema": ema, "gen": gen.get_state(), "step": step}, path)
             last_save = time.time()
     bar.close()
+
+
+def stage_unet(cfg: TrainConfig, work: Path, log: Log, device: torch.device = torch.device("cpu")) -> None:
+    from transformers import CLIPTokenizer
+
+    if denoiser_done(cfg, work, "unet"):
+        return
+    tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
+    latents, captions, _ = load_latents(cfg, work)                     # (N, C, F, h, w)
+    ids = tokenizer(captions, padding="max_length", max_length=cfg.max_tokens, truncation=True,
+                    return_tensors="pt").input_ids                       # (N, T)
+    empty_ids = tokenizer([""], padding="max_length", max_length=cfg.max_tokens, return_tensors="pt").input_ids
+    train_denoiser(cfg, work, log, device, name="unet", model=build_unet(cfg),
+                   text=build_text_encoder(cfg, len(tokenizer)), latents=latents, tokens={"input_ids": ids},
+                   empty={"input_ids": empty_ids}, objective=ddpm_objective(cfg))
 
 
 def seed_from_export(cfg: TrainConfig, work: Path, source: Path) -> None:
@@ -520,20 +614,52 @@ def export(cfg: TrainConfig, work: Path, out: Path, *, dtype=torch.float16) -> N
 DEFAULT_WORK = Path("checkpoints/shapes")
 DEFAULT_EXPORT = Path("src/motiontransfer/shapes/weights/model")    # the shipped model, in a checkout
 LATENT_NORMS = ("global", "channel")
+FAMILIES = ("unet", "wan")
+UNET_ONLY = ("vae_channels", "latent_norm", "unet_channels", "unet_layers", "min_snr_gamma")
+# A fresh Wan-family work folder starts from these instead of the UNet family's defaults (set fields win): 17
+# frames (the Wan VAE encodes 4k+1), and the stage plan of training/README.md
+FAMILY_DEFAULTS = {
+    "unet": {},
+    "wan": {"frames": 17, "clips": 20_000, "vae_steps": 5_000, "vae_batch": 16, "vae_lr": 1e-3,
+            "image_steps": 1_500, "image_batch": 32, "video_steps": 16_000, "video_batch": 8, "image_every": 4,
+            "lr": 3e-4, "warmup": 200, "ema": 0.999, "checkpoint_minutes": 5.0},
+}
+
+
+def _check_family(cfg: TrainConfig, overrides: dict[str, str]) -> None:
+    if cfg.family not in FAMILIES:
+        raise ConfigError(f"family must be one of {', '.join(FAMILIES)}, got {cfg.family!r}")
+    other = [k for k in overrides if (k.startswith("wan_") if cfg.family == "unet" else k in UNET_ONLY)]
+    if other:
+        raise ConfigError(f"{', '.join(other)}: not a setting of the {cfg.family} family")
+    if cfg.family == "wan" and (cfg.frames - 1) % 4:
+        raise ConfigError(f"the Wan VAE encodes 4k+1 frames; frames={cfg.frames} (try {(cfg.frames - 1) // 4 * 4 + 1}"
+                          f" or {(cfg.frames - 1) // 4 * 4 + 5})")
+    if cfg.family == "wan" and ((cfg.wan_vae_clip_frames - 1) % 4 or cfg.wan_vae_clip_frames > cfg.frames):
+        raise ConfigError(f"wan_vae_clip_frames must be 4k+1 and at most frames, got {cfg.wan_vae_clip_frames}")
 
 
 def train_config(work: Path, overrides: dict[str, str] | None = None) -> TrainConfig:
     """The work folder's config (its config.json, else the defaults) with `overrides` applied: field name -> the
     value as text (JSON, except for text fields). Checked here, before any stage runs."""
     saved = work / "config.json"
-    base = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v
-                          for k, v in json.loads(saved.read_text()).items()}) if saved.exists() else TrainConfig()
+    overrides = overrides or {}
+    if saved.exists():
+        base = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v
+                              for k, v in json.loads(saved.read_text()).items()})
+        if overrides.get("family", base.family) != base.family:
+            raise ConfigError(f"{work} holds a {base.family}-family run; a {overrides['family']}-family run needs "
+                              "a work folder of its own")
+    else:                                     # a fresh folder: the family's defaults
+        family = overrides.get("family", TrainConfig.family)
+        base = TrainConfig(family=family, **FAMILY_DEFAULTS.get(family, {}))
     fields = asdict(base)
-    for k, v in (overrides or {}).items():
+    for k, v in overrides.items():
         if k not in fields:
             raise ConfigError(f"unknown TrainConfig field {k!r}")
         fields[k] = type(fields[k])(json.loads(v)) if not isinstance(fields[k], str) else v
     cfg = TrainConfig(**fields)
+    _check_family(cfg, overrides)
     if cfg.latent_norm not in LATENT_NORMS:       # before any stage runs, not after the VAE's half hour
         raise ConfigError(f"latent_norm must be 'global' or 'channel', got {cfg.latent_norm!r}")
     return cfg
@@ -554,6 +680,18 @@ def train(work: str | Path = DEFAULT_WORK, *, export_to: str | Path | None = Non
     cfg = train_config(work, overrides)
     (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     torch.manual_seed(cfg.seed)
+    if cfg.family == "wan":
+        from . import training_wan
+
+        if init_from:
+            raise ConfigError("--init-from starts UNet-family runs only; a Wan-family run starts from scratch")
+        if export_only and not export_to:
+            raise ConfigError("--export-only for the Wan family needs --export (it has no shipped folder yet)")
+        if not export_only:
+            training_wan.run(cfg, work, Log(work / "log.jsonl"), torch.device(device))
+        if export_to:
+            training_wan.export(cfg, work, Path(export_to))
+        return cfg
     if export_only:
         export(cfg, work, Path(export_to or DEFAULT_EXPORT))
         return cfg
