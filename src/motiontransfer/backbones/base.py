@@ -94,13 +94,17 @@ class BackboneBase:
     defaults: ModelDefaults
     device: torch.device
     dtype: torch.dtype
+    vae: torch.nn.Module = None
+    text_encoder: torch.nn.Module = None
+    tokenizer: object = None
+    scheduler_config: dict = None  # the folder's scheduler/scheduler_config.json
     vae_slicing: bool = False
     cpu_offload: bool = False      # text encoder and VAE live on the CPU and visit the device only to run
     _warned_prompts: set = field(default_factory=set, repr=False)   # prompts already warned about (check_words)
 
-    # the components that `cpu_offload` keeps on the CPU: the text encoder and the VAE, whatever their names
     def _offloaded(self) -> list[torch.nn.Module]:
-        return [m for m in (getattr(self, "text_encoder", None), getattr(self, "vae", None)) if m is not None]
+        """The components that `cpu_offload` keeps on the CPU: the text encoder and the VAE."""
+        return [m for m in (self.text_encoder, self.vae) if m is not None]
 
     @contextmanager
     def _running(self, module: torch.nn.Module):

@@ -129,10 +129,6 @@ class UNet3DBackbone(BackboneBase):
     """The frozen UNet3D components and the one adapter over them. Latents are (B, C, F, h, w), scaled."""
 
     unet: nn.Module = None
-    vae: nn.Module = None
-    text_encoder: nn.Module = None
-    tokenizer: object = None
-    scheduler_config: dict = None
 
     family = FAMILY
 

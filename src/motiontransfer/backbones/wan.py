@@ -153,10 +153,6 @@ class WanBackbone(BackboneBase):
     """The frozen Wan components and the one adapter over them. Latents are (B, C, F', h, w), normalised."""
 
     transformer: nn.Module = None
-    vae: nn.Module = None
-    text_encoder: nn.Module = None
-    tokenizer: object = None
-    scheduler_config: dict = None
 
     family = FAMILY
 
