@@ -61,7 +61,10 @@ def test_demo_records_the_score_every_front_end_gives(demo_result):
     assert np.array_equal(clip.frames, source)                      # the demo's world clip (the model's frames)
     target = world.parse_caption(done.prompt)
     assert report._judge(frames, target, clip)["motion_fidelity"] == expected
-    # `motiontransfer score` on the files the demo wrote: the frames are PNG (lossless), the source an H.264 preview
+    # `motiontransfer score` on the lossless frames the demo wrote: exactly its number
+    lossless = score_files(done.output_dir / "source_frames", done.output_dir / "frames")
+    assert lossless["motion_fidelity"] == expected
+    # and on the source's H.264 preview: the codec's noise moves it a little
     on_files = score_files(done.output_dir / "source.mp4", done.output_dir / "frames")
     assert on_files["size"] == list(source.shape[1:3])                              # the preview is undone
     if expected is None:

@@ -1,8 +1,9 @@
 """`motiontransfer demo`: a motion transfer with the shipped shapes model, start to finish, on the CPU.
 
 Makes a source clip in the synthetic world (or takes a video), picks a target prompt whose shape and colour
-both differ from the source's, runs the method, and writes next to the usual outputs `source.mp4` and
-`trajectory.png`: the object's path in the source and in the result, frame by frame. run.json records both
+both differ from the source's, runs the method, and writes next to the usual outputs `source.mp4` (its frames,
+lossless, in `source_frames/`) and `trajectory.png`: the object's path in the source and in the result, frame by
+frame. run.json records both
 judgements of the result: the objects' velocity cosine (`tracking.trajectory_agreement`) and the motion fidelity
 that every front end reports (`evaluation.selfcheck`).
 
@@ -24,7 +25,7 @@ from ..errors import ConfigError
 from ..evaluation.selfcheck import self_check
 from ..models import model_defaults
 from ..pipeline import TransferResult, result_folders, transfer, write_outputs
-from ..video import atomic_path, write_video
+from ..video import atomic_path, write_frames, write_video
 from . import world
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,8 @@ def demo(video: str | Path | None = None, prompt: str | None = None, output_dir:
 
         def extras(folder: Path) -> None:
             write_video(folder / "source.mp4", result.source, result.fps, min_size=256)
+            write_frames(folder / "source_frames", result.source)      # lossless, as frames/ is: `score` on the
+                                                                          # two folders gives the demo's number
             result.record["demo"] = {"source": source_caption,
                                      "trajectory": plot_trajectories(result.source, result.frames,
                                                                      folder / "trajectory.png",
