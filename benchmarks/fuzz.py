@@ -15,7 +15,8 @@ Kinds (each case is one mutation of a valid input from the corpus below, drawn f
     ui      the web UI's handlers (`ui.App.run`, `App.preview`) called with hostile fields (huge, empty or NUL
             prompts, NaN and huge numbers, missing or non-video uploads)
 
-Every case runs in a child forked from a parent that has imported the package and loaded the shipped model, with
+Every case runs in a child forked from a parent that has imported the package and loaded the shipped model (a
+fresh process: forking one that runs other threads, such as a test session's, can deadlock the child), with
 its address space capped (`RLIMIT_AS`, the parent's plus 3 GiB) and a timeout. Outcomes:
 
     clean error     exit code 1 or 2 and one line `error: ...` on stderr (UI: a MotionTransferError)
@@ -485,8 +486,27 @@ def table(cases: list[Case]) -> str:
     return "\n".join(lines)
 
 
+def self_test(root: Path) -> dict[str, str]:
+    """Actions whose outcome is known, run as cases: {expected class: the class the harness gave}."""
+    actions = {"clean error": lambda: print("error: bad input", file=sys.stderr) or 2,
+               "traceback": lambda: 1 / 0, "hang": lambda: time.sleep(120),
+               "memory blow-up": lambda: np.ones(int(1.6 * 2 ** 30 // 8)).sum() and 0}
+    global TIMEOUT_S
+    given = {}
+    for expected, action in actions.items():
+        TIMEOUT_S = 3 if expected == "hang" else 300          # a loaded machine allocates slowly
+        case = Case(0, "ui", expected)
+        work = root / expected.replace(" ", "-")
+        work.mkdir(parents=True)
+        run_case(case, action, work, rss_bytes())
+        given[expected] = case.outcome
+    return given
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--self-test", action="store_true",
+                        help="run four cases of known outcome and print what the harness made of them (JSON)")
     parser.add_argument("--cases", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
@@ -494,6 +514,10 @@ def main() -> None:
     parser.add_argument("--show", choices=CLASSES, action="append", default=[],
                         help="list the cases of this class (repeatable; default: every bad class)")
     args = parser.parse_args()
+    if args.self_test:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(self_test(Path(tmp))))
+        return
     cases = run_cases(args.cases, args.seed, tuple(args.kinds), progress=True)
     print("\n" + table(cases))
     for c in cases:
