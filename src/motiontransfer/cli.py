@@ -7,7 +7,7 @@ Each subcommand calls one public function of the library:
     score             evaluation.metrics.score_files    bench             evaluation.suite.bench_suite
     bench-speed       evaluation.speed.bench_speed      demo              shapes.demo.demo
     cache             inversion.manage_cache            calibrate         evaluation.calibration.calibrate
-    report            shapes.report.evaluate_model      train             shapes.training.train
+    report            shapes.report.evaluate_model      train             shapes.trainer.train
     train-classifier  shapes.classifier.train_classifier
     ui                ui.serve (a Gradio web page)      batch             batch.run_batch (locally or on Ray)
 
@@ -320,7 +320,7 @@ def cmd_train_classifier(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .shapes.training import train
+    from .shapes.trainer import train
 
     overrides = dict(args.set) | ({"family": args.family} if args.family else {})
     train(args.work, export_to=args.export, export_only=args.export_only, init_from=args.init_from,

@@ -8,6 +8,7 @@ import torch
 
 from motiontransfer import cli
 from motiontransfer.errors import ConfigError
+from motiontransfer.shapes import trainer
 from motiontransfer.shapes import training as train
 from motiontransfer.shapes import training_wan as wan
 from motiontransfer.shapes.world import vocabulary
@@ -166,7 +167,7 @@ def test_an_interrupted_run_resumes_to_the_same_state(tmp_path, monkeypatch):
     monkeypatch.setattr(wan, "save_atomic", dying)
     for _ in range(2):
         with pytest.raises(KeyboardInterrupt):
-            train.train(broken, overrides={"family": "wan"} | dict(kv.split("=") for kv in TOY))
+            trainer.train(broken, overrides={"family": "wan"} | dict(kv.split("=") for kv in TOY))
     assert train.torch.load(broken / "transformer.pt", weights_only=False)["step"] == 3
     assert cli.main(["train", "--work", str(broken)]) == 0           # the folder keeps its family and settings
 

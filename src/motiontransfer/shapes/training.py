@@ -7,7 +7,8 @@ One command runs every stage in order and resumes from the last checkpoint of th
 
 This module is the UNet family (the default, `family="unet"`) and the machinery both families share: the data,
 the resumable VAE loop (`train_vae`), the denoiser loop with its image-then-video curriculum, EMA and
-checkpoints (`train_denoiser`), the config. The Wan family's parts and objective are in `training_wan`.
+checkpoints (`train_denoiser`), the config. The Wan family's parts and objective are in `training_wan`; the
+entry point over both, `train`, is in `trainer`.
 
 Stages (each writes into the work folder, outside git):
     data     render the synthetic world's clips (`world.make_dataset`) once, to `data.npz`
@@ -662,49 +663,4 @@ def train_config(work: Path, overrides: dict[str, str] | None = None) -> TrainCo
     _check_family(cfg, overrides)
     if cfg.latent_norm not in LATENT_NORMS:       # before any stage runs, not after the VAE's half hour
         raise ConfigError(f"latent_norm must be 'global' or 'channel', got {cfg.latent_norm!r}")
-    return cfg
-
-
-def train(work: str | Path = DEFAULT_WORK, *, export_to: str | Path | None = None, export_only: bool = False,
-          init_from: str | Path | None = None, overrides: dict[str, str] | None = None,
-          device: str = "cpu") -> TrainConfig:
-    """Runs every stage not yet done in `work` (resuming the one it was in), then exports to `export_to` if given.
-
-    `export_only` exports the last checkpoint (to `export_to`, default `DEFAULT_EXPORT`) and trains nothing;
-    `init_from` starts an empty work folder from an exported model (`seed_from_export`); `overrides` as in
-    `train_config`; `device` cpu, cuda or cuda:N (checkpoints move between them). The resolved config is written
-    to `work/config.json`. Returns it.
-    """
-    work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
-    cfg = train_config(work, overrides)
-    (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    torch.manual_seed(cfg.seed)
-    if cfg.family == "wan":
-        from . import training_wan
-
-        if init_from:
-            raise ConfigError("--init-from starts UNet-family runs only; a Wan-family run starts from scratch")
-        if export_only and not export_to:
-            raise ConfigError("--export-only for the Wan family needs --export (it has no shipped folder yet)")
-        if not export_only:
-            training_wan.run(cfg, work, Log(work / "log.jsonl"), torch.device(device))
-        if export_to:
-            training_wan.export(cfg, work, Path(export_to))
-        return cfg
-    if export_only:
-        export(cfg, work, Path(export_to or DEFAULT_EXPORT))
-        return cfg
-    log = Log(work / "log.jsonl")
-    if init_from:
-        seed_from_export(cfg, work, Path(init_from))
-    stage_data(cfg, work)
-    if not (work / "tokenizer" / "vocab.json").exists():
-        build_tokenizer(work / "tokenizer", cfg.max_tokens)
-    device = torch.device(device)
-    stage_vae(cfg, work, log, device)
-    stage_encode(cfg, work, device)
-    stage_unet(cfg, work, log, device)
-    if export_to:
-        export(cfg, work, Path(export_to))
     return cfg

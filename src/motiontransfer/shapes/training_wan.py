@@ -1,4 +1,4 @@
-"""The shapes model on the Wan2.1 architecture (`family="wan"` of `training.train`): the real diffusers and
+"""The shapes model on the Wan2.1 architecture (`family="wan"` of `trainer.train`): the real diffusers and
 transformers classes at toy sizes, trained by flow matching, exported in the `WanPipeline` folder layout.
 
 Stages (in the work folder, after `training.stage_data` has rendered the clips):
@@ -343,7 +343,7 @@ def export(cfg: TrainConfig, work: Path, out: Path, *, dtype=torch.float16) -> N
 
 
 def run(cfg: TrainConfig, work: Path, log: Log, device: torch.device) -> None:
-    """Every stage not yet done, in order (`training.train` calls it for `family="wan"`)."""
+    """Every stage not yet done, in order (`trainer.train` calls it for `family="wan"`)."""
     stage_data(cfg, work)
     if not (work / "tokenizer" / "tokenizer.json").exists():
         build_word_tokenizer(work / "tokenizer", cfg.max_tokens)
