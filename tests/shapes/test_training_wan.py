@@ -221,3 +221,18 @@ def test_the_samples_script_draws_a_contact_sheet_of_an_export(trained, tmp_path
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["trained_steps"] == 5 and len(record["samples"]) == 2
     assert set(record["rates"]) == {"colour_ok", "shape_ok", "background_ok"}
+
+
+def test_a_run_continues_from_an_export_on_a_machine_that_kept_no_checkpoints(trained, tmp_path):
+    """--init-from: the export's VAE as trained, its transformer and text encoder after the steps it records."""
+    _, model = trained
+    recorded = json.loads((model / "motiontransfer.json").read_text())
+    work = tmp_path / "again"
+    assert cli.main(["train", "--family", "wan", "--work", str(work), "--init-from", str(model),
+                     "--set", *TOY, "video_steps=5"]) == 0
+    vae = torch.load(work / "vae.pt", weights_only=False)
+    state = torch.load(work / "transformer.pt", weights_only=False)
+    assert vae["seeded_from"] == str(model) and "opt" not in vae                 # taken as trained, not retrained
+    assert state["step"] == toy_config().image_steps + 5 > recorded["trained_steps"]       # to the new total
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        trainer.train(work, init_from=model, overrides={"family": "wan"} | dict(kv.split("=") for kv in TOY))

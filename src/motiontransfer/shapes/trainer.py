@@ -35,7 +35,7 @@ def train(work: str | Path = DEFAULT_WORK, *, export_to: str | Path | None = Non
     torch.manual_seed(cfg.seed)
     if cfg.family == "wan":
         if init_from:
-            raise ConfigError("--init-from starts UNet-family runs only; a Wan-family run starts from scratch")
+            training_wan.seed_from_export(cfg, work, Path(init_from))
         if export_only and not export_to:
             raise ConfigError("--export-only for the Wan family needs --export (it has no shipped folder yet)")
         if not export_only:

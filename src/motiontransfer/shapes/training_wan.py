@@ -342,6 +342,31 @@ def export(cfg: TrainConfig, work: Path, out: Path, *, dtype=torch.float16) -> N
     logger.info("exported step %d to %s", state["step"], out)
 
 
+def seed_from_export(cfg: TrainConfig, work: Path, source: Path) -> None:
+    """Starts an empty work folder from a Wan export (`export`), so that training continues on a machine that
+    kept no checkpoints: the export's tokenizer, its VAE taken as trained (the latents are encoded again from
+    it), and its transformer and text encoder as the state after the steps it records, without optimiser
+    moments (the weights are the export's fp16 moving average)."""
+    import shutil
+
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import UMT5EncoderModel
+
+    if (work / "vae.pt").exists() or (work / "transformer.pt").exists():
+        raise ConfigError(f"{work} already holds checkpoints; --init-from needs an empty work folder")
+    recorded = json.loads((source / "motiontransfer.json").read_text())
+    if recorded.get("train_config", {}).get("family") != "wan":
+        raise ConfigError(f"{source} is not an export of a Wan-family shapes model")
+    shutil.copytree(source / "tokenizer", work / "tokenizer", dirs_exist_ok=True)
+    vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
+    save_atomic({"model": vae.state_dict(), "step": cfg.vae_steps, "seeded_from": str(source)}, work / "vae.pt")
+    transformer = WanTransformer3DModel.from_pretrained(source, subfolder="transformer", torch_dtype=torch.float32)
+    text = UMT5EncoderModel.from_pretrained(source, subfolder="text_encoder", dtype=torch.float32)
+    params = [p.detach().clone() for p in list(transformer.parameters()) + list(text.parameters())]
+    save_atomic({"transformer": transformer.state_dict(), "text": text.state_dict(), "ema": params,
+                 "step": recorded["trained_steps"], "seeded_from": str(source)}, work / "transformer.pt")
+
+
 def run(cfg: TrainConfig, work: Path, log: Log, device: torch.device) -> None:
     """Every stage not yet done, in order (`trainer.train` calls it for `family="wan"`)."""
     stage_data(cfg, work)
