@@ -173,10 +173,10 @@ def load_source(video: str | Path | Video | np.ndarray, config: TransferConfig, 
                            allow_fewer=shorter is not None, fit=lambda frame: fit_frames(frame[None], config)[0])
     frames = video.frames[:config.frames]
     notes = []
-    if len(frames) < config.frames and shorter is not None and shorter(len(frames)) >= 2:
-        notes.append(f"the clip has {len(frames)} frames, fewer than the model's {config.frames}: using "
-                     f"{shorter(len(frames))}")
-        frames = frames[:shorter(len(frames))]
+    usable = shorter(len(frames)) if shorter is not None and len(frames) < config.frames else 0
+    if usable >= 2:
+        notes.append(f"the clip has {len(frames)} frames, fewer than the model's {config.frames}: using {usable}")
+        frames = frames[:usable]
     if len(frames) < config.frames and not notes:
         raise ConfigError(f"the video has {len(frames)} frames; {config.frames} are needed")
     width_in, height_in = video.size or frames.shape[1:3][::-1]
